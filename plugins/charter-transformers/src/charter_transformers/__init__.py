@@ -1,0 +1,1 @@
+"""charter-transformers: local Hugging Face models as a charter backend."""

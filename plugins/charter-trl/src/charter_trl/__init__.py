@@ -1,0 +1,1 @@
+"""charter-trl: SFT, reward-model, PPO and DPO trainers for charter data."""

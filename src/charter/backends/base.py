@@ -1,0 +1,120 @@
+"""The backend contract: one request in, one `Completion` (n choices) out.
+
+A backend does no caching, retrying or storing: the runner owns those, so every backend gets them
+for free and behaves the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+Mode = Literal["chat", "completion"]
+
+
+class CompletionRequest(BaseModel):
+    """What a step asks of a model: chat `messages` or a completion-mode `prompt`, plus parameters.
+
+    `sample_index` separates repeated samples of the same request (e.g. a pair of responses at
+    temperature 1) so the request cache never collapses them into one.
+    """
+
+    model: str
+    mode: Mode = "chat"
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    n: int = 1
+    sample_index: int = 0
+
+    def cache_key(self) -> str:
+        """Hash of everything that determines the answer (secrets are never part of params)."""
+        blob = json.dumps(
+            {
+                "model": self.model,
+                "mode": self.mode,
+                "messages": self.messages,
+                "prompt": self.prompt,
+                "params": self.params,
+                "n": self.n,
+                "sample_index": self.sample_index,
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def to_log(self) -> dict[str, Any]:
+        """The JSON stored in `calls.request`: prompt or messages and parameters, no secrets."""
+        out: dict[str, Any] = {"mode": self.mode, "params": self.params}
+        if self.messages is not None:
+            out["messages"] = self.messages
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        if self.n != 1:
+            out["n"] = self.n
+        if self.sample_index:
+            out["sample_index"] = self.sample_index
+        return out
+
+
+class TokenLogprob(BaseModel):
+    """One generated token with the top alternatives at its position (natural-log probabilities)."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = Field(default_factory=dict)
+
+
+class Completion(BaseModel):
+    """A backend's answer. `texts[i]` and `logprobs[i]` belong to choice i."""
+
+    texts: list[str]
+    logprobs: list[list[TokenLogprob]] | None = None
+    finish_reasons: list[str | None] = Field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    latency_ms: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """The first choice's text."""
+        return self.texts[0]
+
+
+class BackendError(RuntimeError):
+    """A failed call. `retryable` tells the runner whether backing off and trying again can help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Anything that turns a `CompletionRequest` into a `Completion`.
+
+    Optional extra: `async def score_options(prompt: str, options: list[str]) -> list[float]`
+    returning log p(option | prompt) for each option; the labeler prefers it when present (exact
+    multiple-choice scoring, as the paper did).
+    """
+
+    name: str
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Answer one request; raise `BackendError` on failure."""
+        ...

@@ -1,0 +1,26 @@
+"""Resolving a model string to a backend through the plugins' registered prefixes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from charter.backends.base import Backend
+from charter.backends.litellm_backend import LiteLLMBackend, split_params
+
+
+def get_backend(model: str, *, api_base: str | None = None, params: dict[str, Any] | None = None) -> Backend:
+    """The backend for `model`: the longest registered prefix wins, LiteLLM is the fallback.
+
+    `params` are the user's `--param`s; only client options (api_key, headers, timeout, ...) are
+    used here; request parameters travel with each `CompletionRequest`.
+    """
+    from charter.plugins import backend_factories
+
+    _, client = split_params(params or {})
+    factories = backend_factories()
+    for prefix in sorted(factories, key=len, reverse=True):
+        if prefix and model.startswith(prefix):
+            return factories[prefix](model, api_base=api_base, client_options=client)
+    if "" in factories:
+        return factories[""](model, api_base=api_base, client_options=client)
+    return LiteLLMBackend(model, api_base=api_base, client_options=client)

@@ -1,0 +1,101 @@
+"""Loading plugins from the `charter` entry-point group, and the registries they fill."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from charter import hookspecs
+
+
+@dataclass
+class PluginInfo:
+    """What `charter plugins` shows for one plugin."""
+
+    name: str
+    module: str
+    distribution: str | None
+    registers: list[str] = field(default_factory=list)
+
+
+class _Loaded:
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager("charter")
+        self.manager.add_hookspecs(hookspecs)
+        self.infos: list[PluginInfo] = []
+        self.errors: list[str] = []
+        for ep in entry_points(group="charter"):
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not break the CLI for everything else
+                self.errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}")
+                continue
+            if self.manager.is_registered(module):
+                continue
+            self.manager.register(module, name=ep.name)
+            dist = ep.dist.name if ep.dist is not None else None
+            self.infos.append(PluginInfo(ep.name, ep.value, dist))
+        for message in self.errors:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded() -> _Loaded:
+    return _Loaded()
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager with every installed plugin registered."""
+    return _loaded().manager
+
+
+def register_plugin(module: Any, name: str | None = None) -> None:
+    """Register a plugin object at run time (useful in tests and notebooks)."""
+    _loaded().manager.register(module, name=name)
+    backend_factories.cache_clear()
+
+
+def plugin_infos() -> list[PluginInfo]:
+    """Installed plugins and what each one registers."""
+    loaded = _loaded()
+    prefixes = {}
+    for plugin in loaded.manager.get_plugins():
+        found: list[str] = []
+        impl = getattr(plugin, "register_backends", None)
+        if impl is not None:
+            impl(lambda prefix, _f, found=found: found.append(f"backend {prefix or '<any LiteLLM model>'}"))
+        for hook in ("register_commands", "register_trainers", "litellm_setup"):
+            if hasattr(plugin, hook):
+                found.append(hook.removeprefix("register_").replace("_", " "))
+        for hook in ("register_constitution_dirs", "register_prompt_dirs"):
+            if hasattr(plugin, hook):
+                found.append(hook.removeprefix("register_").replace("_", " "))
+        prefixes[loaded.manager.get_name(plugin)] = found
+    return [PluginInfo(i.name, i.module, i.distribution, prefixes.get(i.name, [])) for i in loaded.infos] + [
+        PluginInfo(f"error: {e}", "", None) for e in loaded.errors
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def backend_factories() -> dict[str, hookspecs.BackendFactory]:
+    """Backend factories by model-string prefix, from every plugin."""
+    found: dict[str, hookspecs.BackendFactory] = {}
+    plugin_manager().hook.register_backends(register=found.__setitem__)
+    return found
+
+
+def extra_dirs(kind: str) -> list[Path]:
+    """Directories plugins add for `constitutions` or `prompts`."""
+    hook = getattr(plugin_manager().hook, f"register_{kind.rstrip('s')}_dirs")
+    return [Path(p) for group in hook() for p in group]
+
+
+def call_litellm_setup(litellm: Any) -> None:
+    """Let plugins configure litellm right after its (lazy) import."""
+    plugin_manager().hook.litellm_setup(litellm=litellm)

@@ -1,0 +1,282 @@
+"""Typed Jinja prompt templates: a `.jinja` file with YAML front matter naming its inputs and output.
+
+    ---
+    description: Ask for a critique of the latest response under one principle.
+    mode: chat                       # chat (renders messages) | completion (renders one string)
+    inputs:                          # name: type; checked with a generated pydantic model
+      conversation: list[Message]
+      critique_request: str
+      few_shot: list[list[Message]] | None
+    output: critique                 # a registered output parser (text, critique, ...)
+    stop: ["\\n\\nHuman:"]           # optional stop sequences sent with the request
+    ---
+    {% call message("user") %}{{ critique_request }}{% endcall %}
+
+Chat templates mark each message with `{% call message(role) %}...{% endcall %}`. The body is the
+text after the front matter with one trailing newline removed (files end with a newline; the
+rendered prompt must not), so completion templates render byte for byte what they say.
+Every template is rendered in Jinja's sandbox with `StrictUndefined`: a missing input is an error,
+never an empty string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ValidationError, create_model
+
+from charter.records import Critique, Message
+
+PROMPT_SUFFIX = ".jinja"
+_ROLE_MARK = "\x1echarter-role:"
+_END_MARK = "\x1echarter-end\x1e"
+
+
+class PromptError(ValueError):
+    """A bad template file or bad inputs; the message names the file and the field."""
+
+
+class TextOutput(BaseModel):
+    """The plain text a model returned, stripped of surrounding whitespace."""
+
+    text: str
+
+
+Parser = Callable[[str], BaseModel]
+_PARSERS: dict[str, Parser] = {}
+
+
+def register_parser(name: str) -> Callable[[Parser], Parser]:
+    """Register an output parser by name, for use in a template's `output:` field."""
+
+    def decorate(func: Parser) -> Parser:
+        _PARSERS[name] = func
+        return func
+
+    return decorate
+
+
+def get_parser(name: str) -> Parser:
+    """The output parser registered as `name`."""
+    try:
+        return _PARSERS[name]
+    except KeyError:
+        raise PromptError(f"unknown output parser {name!r}; known: {', '.join(sorted(_PARSERS))}") from None
+
+
+@register_parser("text")
+def parse_text(text: str) -> TextOutput:
+    """Any text is valid; surrounding whitespace is dropped."""
+    return TextOutput(text=text.strip())
+
+
+_VERDICT = re.compile(
+    r"^\s*\**verdict\**\s*:\s*\**\s*(revise|no[ _-]?change)\b.*$", re.IGNORECASE | re.MULTILINE
+)
+
+
+@register_parser("critique")
+def parse_critique(text: str) -> Critique:
+    """A critique, with the typed no-change outcome read from its `Verdict:` line.
+
+    The chat critique prompt asks the model to end with `Verdict: revise` or `Verdict: no change`.
+    Without such a line (the paper's completion format has none) the paper's behaviour applies:
+    always revise. The verdict line itself is not part of the stored critique text.
+    """
+    matches = list(_VERDICT.finditer(text))
+    if not matches:
+        return Critique(text=text.strip(), needs_revision=True)
+    last = matches[-1]
+    needs_revision = last.group(1).lower() == "revise"
+    body = (text[: last.start()] + text[last.end() :]).strip()
+    return Critique(text=body, needs_revision=needs_revision)
+
+
+_SIMPLE_TYPES: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "dict": dict[str, Any],
+    "any": Any,
+    "Any": Any,
+    "Message": Message,
+}
+
+
+def parse_type(expr: str) -> tuple[Any, bool]:
+    """Turn a front-matter type such as `list[Message] | None` into (python type, optional?)."""
+    expr = expr.strip()
+    optional = False
+    if expr.endswith("| None"):
+        optional, expr = True, expr[: -len("| None")].strip()
+    match = re.fullmatch(r"list\[(.+)\]", expr)
+    if match:
+        inner, _ = parse_type(match.group(1))
+        return list[inner], optional  # type: ignore[valid-type]
+    if expr not in _SIMPLE_TYPES:
+        raise ValueError(f"unknown type {expr!r} (use str, int, float, bool, dict, any, Message, list[...])")
+    return _SIMPLE_TYPES[expr], optional
+
+
+@dataclass
+class RenderedPrompt:
+    """A rendered template: `messages` in chat mode, `text` in completion mode."""
+
+    mode: Literal["chat", "completion"]
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def to_display(self) -> str:
+        """What `charter prompts render` prints: the text exactly, or the messages as JSON."""
+        if self.mode == "completion":
+            return self.text or ""
+        return json.dumps(self.messages, ensure_ascii=False, indent=2)
+
+
+def _message_marker(role: str, caller: Callable[[], str]) -> str:
+    if role not in ("system", "user", "assistant"):
+        raise TemplateError(f"message role must be system, user or assistant, not {role!r}")
+    return f"{_ROLE_MARK}{role}\x1e{caller()}{_END_MARK}"
+
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+_ENV.globals["message"] = _message_marker
+_ENV.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+
+
+def _split_messages(rendered: str) -> list[dict[str, str]]:
+    messages = []
+    for chunk in rendered.split(_ROLE_MARK)[1:]:
+        role, _, rest = chunk.partition("\x1e")
+        content, _, _ = rest.partition(_END_MARK)
+        messages.append({"role": role, "content": content.strip()})
+    return messages
+
+
+class PromptTemplate:
+    """A prompt loaded from a `.jinja` file: typed inputs, a mode, an output parser, stop texts."""
+
+    def __init__(self, name: str, source: str, path: Path | None = None) -> None:
+        self.name = name
+        self.path = path
+        where = str(path) if path else name
+        if not source.startswith("---\n"):
+            raise PromptError(f"{where}: line 1: a template starts with '---' front matter")
+        try:
+            header, body = source[4:].split("\n---\n", 1)
+        except ValueError:
+            raise PromptError(f"{where}: front matter is not closed by a '---' line") from None
+        try:
+            meta = yaml.safe_load(header) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", 0) + 2
+            raise PromptError(f"{where}: line {line}: front matter is not valid YAML") from None
+        self.source = body[:-1] if body.endswith("\n") else body
+        self.description: str = str(meta.get("description", ""))
+        self.mode: Literal["chat", "completion"] = meta.get("mode", "chat")
+        if self.mode not in ("chat", "completion"):
+            raise PromptError(f"{where}: mode: must be chat or completion, not {self.mode!r}")
+        self.output: str = str(meta.get("output", "text"))
+        self.stop: list[str] = list(meta.get("stop") or [])
+        self.input_types: dict[str, str] = {str(k): str(v) for k, v in (meta.get("inputs") or {}).items()}
+        fields: dict[str, Any] = {}
+        for field_name, type_expr in self.input_types.items():
+            try:
+                py_type, optional = parse_type(type_expr)
+            except ValueError as exc:
+                raise PromptError(f"{where}: inputs.{field_name}: {exc}") from None
+            fields[field_name] = (py_type | None, None) if optional else (py_type, ...)
+        self.input_model: type[BaseModel] = create_model(f"{_camel(name)}Inputs", **fields)
+        try:
+            self._template = _ENV.from_string(self.source)
+        except TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            raise PromptError(f"{where}: line {line}: {exc}") from None
+
+    def validate_inputs(self, values: dict[str, Any]) -> BaseModel:
+        """Check inputs against the declared types; the error names the template and field."""
+        try:
+            return self.input_model.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise PromptError(f"prompt {self.name}: input {loc}: {err['msg']}") from None
+
+    def render(self, **values: Any) -> RenderedPrompt:
+        """Validate the inputs and render: messages in chat mode, one exact string in completion mode."""
+        model = self.validate_inputs(values)
+        context = {k: getattr(model, k) for k in self.input_types}
+        context = {k: _plain(v) for k, v in context.items()}
+        try:
+            rendered = self._template.render(**context)
+        except TemplateError as exc:
+            raise PromptError(f"prompt {self.name}: {exc}") from None
+        if self.mode == "completion":
+            return RenderedPrompt(mode="completion", text=rendered, stop=list(self.stop))
+        messages = _split_messages(rendered)
+        if not messages:
+            raise PromptError(f"prompt {self.name}: a chat template must produce messages via message(role)")
+        return RenderedPrompt(mode="chat", messages=messages, stop=list(self.stop))
+
+    def parse(self, text: str) -> BaseModel:
+        """Parse a model's answer with this template's output parser."""
+        return get_parser(self.output)(text)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+def prompt_dirs(prompts_dir: str | Path | None = None) -> list[Path]:
+    """Where templates are looked up, first match wins: --prompts-dir, CHARTER_PROMPTS_PATH, plugins, built-in."""
+    from charter.plugins import extra_dirs
+    from charter.resources import builtin_data_dir
+
+    dirs: list[Path] = []
+    if prompts_dir:
+        dirs.append(Path(prompts_dir))
+    env = os.environ.get("CHARTER_PROMPTS_PATH")
+    if env:
+        dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
+    dirs.extend(extra_dirs("prompts"))
+    dirs.append(builtin_data_dir("prompts"))
+    return dirs
+
+
+def load_prompt(name: str, prompts_dir: str | Path | None = None) -> PromptTemplate:
+    """The template called `name` (file `<name>.jinja`), honouring user overrides."""
+    for directory in prompt_dirs(prompts_dir):
+        path = directory / f"{name}{PROMPT_SUFFIX}"
+        if path.is_file():
+            return PromptTemplate(name, path.read_text(encoding="utf-8"), path)
+    known = ", ".join(n for n, _ in list_prompts(prompts_dir))
+    raise PromptError(f"no prompt named {name!r}; known: {known}")
+
+
+def list_prompts(prompts_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Every template name visible from here, with the file that wins for it."""
+    found: dict[str, Path] = {}
+    for directory in prompt_dirs(prompts_dir):
+        if directory.is_dir():
+            for path in sorted(directory.glob(f"*{PROMPT_SUFFIX}")):
+                found.setdefault(path.name[: -len(PROMPT_SUFFIX)], path)
+    return sorted(found.items())

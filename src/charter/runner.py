@@ -1,0 +1,248 @@
+"""The runner: every backend call goes through here (cache, retries, limits, storage, progress).
+
+Steps never retry, cache or store on their own ("one way to do each thing"): they call
+`Runner.call`, and the runner looks the request up in the DuckDB request cache, waits for a
+concurrency slot and the requests-per-minute limiter, retries retryable failures with exponential
+backoff and jitter (honouring Retry-After), and buffers a `calls` row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+
+from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
+from charter.store.store import Store, completion_to_json
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class RunnerOptions:
+    """How calls are made: parallelism, retries and rate limits."""
+
+    concurrency: int = 16
+    max_retries: int = 6
+    requests_per_minute: float | None = None
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+
+
+@dataclass
+class CallResult:
+    """A finished call: the completion and the `calls` row it is stored as."""
+
+    completion: Completion
+    call_id: str
+    cached: bool
+
+
+class CallFailed(RuntimeError):
+    """A call that still failed after every retry (its row, with the error, is stored)."""
+
+
+class RateLimiter:
+    """Spaces request starts evenly to stay under a requests-per-minute budget."""
+
+    def __init__(self, requests_per_minute: float) -> None:
+        self.interval = 60.0 / requests_per_minute
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait for the next free slot."""
+        async with self._lock:
+            now = time.monotonic()
+            wait = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class _BackoffWait(wait_base):
+    """Exponential backoff with full jitter, or the server's Retry-After when it sends one."""
+
+    def __init__(self, options: RunnerOptions) -> None:
+        self.options = options
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, BackendError) and exc.retry_after is not None:
+            return min(max(exc.retry_after, 0.0), self.options.retry_after_max)
+        ceiling = min(
+            self.options.backoff_max, self.options.backoff_initial * 2 ** (retry_state.attempt_number - 1)
+        )
+        return random.uniform(0, ceiling)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, BackendError) and exc.retryable
+
+
+class Runner:
+    """Makes the calls of one run against one backend, storing each in `calls`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: Store | None,
+        run_id: str,
+        options: RunnerOptions | None = None,
+        on_call: Callable[[CallResult], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.run_id = run_id
+        self.options = options or RunnerOptions()
+        self._slots = asyncio.Semaphore(max(1, self.options.concurrency))
+        self._limiter = (
+            RateLimiter(self.options.requests_per_minute) if self.options.requests_per_minute else None
+        )
+        self.on_call = on_call
+        self.calls_made = 0
+        self.cache_hits = 0
+
+    async def call(self, step: str, request: CompletionRequest) -> CallResult:
+        """Answer `request` from the cache or the backend; raises `CallFailed` after retries."""
+        key = request.cache_key()
+        if self.store is not None:
+            hit = self.store.cache_get(key)
+            if hit is not None:
+                self.cache_hits += 1
+                result = CallResult(hit.completion, hit.call_id, cached=True)
+                if hit.run_id != self.run_id:
+                    # Another run paid for this answer: record that this run used it, once.
+                    result = CallResult(
+                        hit.completion, self._store_cached(step, request, key, hit), cached=True
+                    )
+                if self.on_call:
+                    self.on_call(result)
+                return result
+        attempts = 0
+        started = time.perf_counter()
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_retryable),
+                stop=stop_after_attempt(self.options.max_retries + 1),
+                wait=_BackoffWait(self.options),
+                reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    async with self._slots:
+                        if self._limiter is not None:
+                            await self._limiter.acquire()
+                        completion = await self.backend.complete(request)
+        except BackendError as exc:
+            self._store_call(step, request, key, None, attempts, error=str(exc), started=started)
+            raise CallFailed(
+                f"{step}: {exc} (after {attempts} attempt{'s' if attempts != 1 else ''})"
+            ) from exc
+        self.calls_made += 1
+        call_id = self._store_call(step, request, key, completion, attempts, error=None, started=started)
+        result = CallResult(completion, call_id, cached=False)
+        if self.on_call:
+            self.on_call(result)
+        return result
+
+    def _store_call(
+        self,
+        step: str,
+        request: CompletionRequest,
+        key: str,
+        completion: Completion | None,
+        attempts: int,
+        *,
+        error: str | None,
+        started: float,
+    ) -> str:
+        call_id = uuid.uuid4().hex
+        if self.store is None:
+            return call_id
+        row: dict[str, Any] = {
+            "call_id": call_id,
+            "run_id": self.run_id,
+            "step": step,
+            "model": request.model,
+            "cache_key": key,
+            "request": json.dumps(request.to_log(), ensure_ascii=False),
+            "attempts": attempts,
+            "error": error,
+            "cached": False,
+        }
+        if completion is not None:
+            row.update(completion_to_json(completion))
+        else:
+            row["latency_ms"] = (time.perf_counter() - started) * 1000
+        self.store.add_call(row, completion)
+        return call_id
+
+    def _store_cached(self, step: str, request: CompletionRequest, key: str, hit: Any) -> str:
+        assert self.store is not None
+        call_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{self.run_id}:{key}").hex
+        row = {
+            "call_id": call_id,
+            "run_id": self.run_id,
+            "step": step,
+            "model": request.model,
+            "cache_key": key,
+            "request": json.dumps(request.to_log(), ensure_ascii=False),
+            "attempts": 0,
+            "error": None,
+            "cached": True,
+            **completion_to_json(hit.completion),
+            "latency_ms": 0.0,
+        }
+        self.store.add_call(row)
+        return call_id
+
+
+async def bounded_map(
+    items: Iterable[T],
+    worker: Callable[[T], Awaitable[R]],
+    max_in_flight: int,
+) -> AsyncIterator[tuple[T, R | BaseException]]:
+    """Run `worker` over `items` with at most `max_in_flight` at once, pulling items lazily.
+
+    Yields (item, result or exception) as each finishes. Items are read from the iterable only
+    when a slot frees up, so memory stays flat however many prompts there are.
+    """
+    iterator = iter(items)
+    running: dict[asyncio.Task[R], T] = {}
+    exhausted = False
+
+    def refill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(running) < max_in_flight:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                exhausted = True
+                return
+            running[asyncio.ensure_future(worker(item))] = item
+
+    refill()
+    try:
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                item = running.pop(task)
+                exc = task.exception()
+                yield item, (exc if exc is not None else task.result())
+            refill()
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,240 @@
+"""Running a chain over many items: the store, the run record, resume, progress and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from charter.backends.base import Backend
+from charter.backends.registry import get_backend
+from charter.runner import CallFailed, CallResult, Runner, RunnerOptions, bounded_map
+from charter.steps.base import Step, StepContext
+from charter.store.store import Store
+
+S = TypeVar("S")
+
+
+@dataclass
+class RunSummary:
+    """What a run did. `failed` counts items that still failed after retries (they resume next time)."""
+
+    run_id: str
+    run_name: str
+    resumed: bool
+    total: int
+    skipped: int = 0
+    completed: int = 0
+    failed: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    status: str = "done"
+
+    @property
+    def ok(self) -> bool:
+        """True when every item finished."""
+        return self.failed == 0 and self.status == "done"
+
+
+def _item_id(state: Any) -> str:
+    prompt = getattr(state, "prompt", None)
+    return str(getattr(prompt, "prompt_id", None) or getattr(state, "item_id", "?"))
+
+
+def run_chain(
+    chain: Step[S],
+    *,
+    command: str,
+    config: dict[str, Any],
+    run_name: str,
+    items: Callable[[set[str]], Iterable[S]],
+    total: int,
+    done_table: str,
+    rows: Callable[[str, S], dict[str, list[dict[str, Any]]]],
+    db: str | Path | Store,
+    model: str,
+    api_base: str | None = None,
+    params: dict[str, Any] | None = None,
+    options: RunnerOptions | None = None,
+    mode: Literal["chat", "completion"] = "chat",
+    seed: int = 0,
+    few_shot: bool = True,
+    prompts_dir: str | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+    item_id: Callable[[S], str] = _item_id,
+    done_column: str = "prompt_id",
+) -> RunSummary:
+    """Run `chain` over the items not yet in `done_table` for this run, storing `rows(run_id, item)`."""
+    options = options or RunnerOptions()
+    from charter.backends.litellm_backend import split_params
+
+    request_params, _ = split_params(params or {})
+    with ExitStack() as stack:
+        store = db if isinstance(db, Store) else stack.enter_context(Store(db))
+        run_id, resumed = store.start_run(run_name, command, config)
+        done = store.ids_in(done_table, run_id, done_column)
+        summary = RunSummary(
+            run_id=run_id, run_name=run_name, resumed=resumed, total=total, skipped=len(done)
+        )
+        backend = backend or get_backend(model, api_base=api_base, params=params)
+        started = time.perf_counter()
+        status = "failed"
+        try:
+            asyncio.run(
+                _drive(
+                    chain,
+                    store,
+                    backend,
+                    run_id,
+                    options,
+                    items(done),
+                    rows,
+                    summary,
+                    request_params,
+                    model,
+                    mode,
+                    seed,
+                    few_shot,
+                    prompts_dir,
+                    progress,
+                    item_id,
+                )
+            )
+            status = "done" if summary.failed == 0 else "failed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            summary.seconds = time.perf_counter() - started
+            summary.status = status
+            store.finish_run(run_id, status)
+        return summary
+
+
+async def _drive(
+    chain: Step[S],
+    store: Store,
+    backend: Backend,
+    run_id: str,
+    options: RunnerOptions,
+    items: Iterable[S],
+    rows: Callable[[str, S], dict[str, list[dict[str, Any]]]],
+    summary: RunSummary,
+    params: dict[str, Any],
+    model: str,
+    mode: Literal["chat", "completion"],
+    seed: int,
+    few_shot: bool,
+    prompts_dir: str | None,
+    show_progress: bool,
+    item_id: Callable[[S], str],
+) -> None:
+    bar = _Progress(summary.total - summary.skipped, show_progress)
+
+    def on_call(_: CallResult) -> None:
+        bar.calls += 1
+
+    runner = Runner(backend, store, run_id, options, on_call=on_call)
+    ctx = StepContext(
+        runner=runner,
+        model=model,
+        mode=mode,
+        params=params,
+        seed=seed,
+        few_shot=few_shot,
+        prompts_dir=prompts_dir,
+    )
+
+    async def work(state: S) -> S:
+        return await chain.run(state, ctx)
+
+    # Each item makes its calls one after another, so `concurrency` items in flight keep that many
+    # requests in flight; a few more hide the gaps between one item's calls.
+    in_flight = max(1, options.concurrency) + 4
+    try:
+        with bar:
+            async for state, result in bounded_map(items, work, in_flight):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, CallFailed):
+                        raise result
+                    summary.failed += 1
+                    if len(summary.errors) < 20:
+                        summary.errors.append(f"{item_id(state)}: {result}")
+                else:
+                    for table, table_rows in rows(run_id, result).items():
+                        store.add_rows(table, table_rows)
+                    summary.completed += 1
+                store.maybe_flush()
+                bar.advance()
+    finally:
+        store.flush()
+        await _close_clients(backend)
+        summary.calls = runner.calls_made
+        summary.cache_hits = runner.cache_hits
+
+
+class _Progress:
+    """A rich progress bar with rate and ETA on stderr (silent when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled and total > 0
+        self.total = total
+        self.calls = 0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("calls {task.fields[calls]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("items", total=self.total, rate="", calls=0)
+            self._started = time.perf_counter()
+        return self
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            done = self._progress.tasks[0].completed + 1
+            self._progress.update(
+                self._task, advance=1, calls=self.calls, rate=f"{done / elapsed:.1f} items/s"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+
+async def _close_clients(backend: Backend) -> None:
+    # Each asyncio.run gets a new loop; litellm keeps aiohttp sessions per loop, so close them here
+    # rather than leaking "Unclosed client session" warnings at exit.
+    close = getattr(backend, "aclose", None)
+    if close is not None:
+        await close()

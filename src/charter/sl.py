@@ -1,0 +1,146 @@
+"""SL-CAI as one call: `revise(prompts, db=..., model=...)`, what `charter revise` runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from charter.backends.base import Backend
+from charter.constitution import Constitution, load_constitution
+from charter.inputs import PromptSource, iter_prompts, scan_prompts
+from charter.records import RevisedExample, messages_to_dicts
+from charter.runner import RunnerOptions
+from charter.session import RunSummary, run_chain
+from charter.steps.base import Chain
+from charter.steps.sl import CritiqueRevise, Respond, new_example
+from charter.store.store import Store
+
+
+def default_run_name(command: str, config: dict[str, Any]) -> str:
+    """A name derived from everything that shapes the output, so the same command resumes its run."""
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return f"{command}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def example_rows(run_id: str, example: RevisedExample) -> dict[str, list[dict[str, Any]]]:
+    """The rows one finished prompt adds: prompts, responses, revisions and sft_examples."""
+    prompt = example.prompt
+    conversation = messages_to_dicts(prompt.messages)
+    first = example.rounds[0] if example.rounds else None
+    final = example.final_response
+    return {
+        "prompts": [
+            {
+                "run_id": run_id,
+                "prompt_id": prompt.prompt_id,
+                "prompt": prompt.prompt,
+                "messages": json.dumps(conversation, ensure_ascii=False),
+            }
+        ],
+        "responses": [
+            {
+                "run_id": run_id,
+                "prompt_id": prompt.prompt_id,
+                "response": example.initial_response,
+                "call_id": example.response_call_id,
+            }
+        ],
+        "revisions": [
+            {"run_id": run_id, "prompt_id": prompt.prompt_id, **r.model_dump()} for r in example.rounds
+        ],
+        "sft_examples": [
+            {
+                "run_id": run_id,
+                "prompt_id": prompt.prompt_id,
+                "prompt": prompt.prompt,
+                "completion": final,
+                "messages": json.dumps(
+                    [*conversation, {"role": "assistant", "content": final}], ensure_ascii=False
+                ),
+                "init_prompt": prompt.prompt,
+                "init_response": example.initial_response,
+                "critic_prompt": first.critique_request if first else None,
+                "critic_response": first.critique if first else None,
+                "revision_prompt": first.revision_request if first else None,
+                "revision_response": final if first else None,
+            }
+        ],
+    }
+
+
+def revise(
+    prompts: str | Path,
+    *,
+    db: str | Path | Store,
+    model: str,
+    constitution: str | Path | Constitution = "anthropic-sl",
+    rounds: int = 4,
+    seed: int = 0,
+    mode: Literal["chat", "completion"] = "chat",
+    few_shot: bool = True,
+    limit: int | None = None,
+    run_name: str | None = None,
+    api_base: str | None = None,
+    params: dict[str, Any] | None = None,
+    options: RunnerOptions | None = None,
+    prompts_dir: str | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+) -> RunSummary:
+    """SL-CAI: answer each prompt, then `rounds` critique -> revision rounds, all stored in `db`.
+
+    Re-running the same call resumes the same run: finished prompts are skipped and finished calls
+    come from the request cache, so nothing is asked twice and no row is duplicated.
+    """
+    source = PromptSource.open(prompts)
+    scan = scan_prompts(source, limit)  # validate everything before writing anything
+    constitution_obj = (
+        constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
+    )
+    chain: Chain[RevisedExample] = Respond(constitution_obj) >> CritiqueRevise(
+        constitution_obj, rounds=rounds
+    )
+    config = {
+        "model": model,
+        "api_base": api_base,
+        "params": _public(params or {}),
+        "prompts": str(prompts),
+        "prompts_hash": scan.content_hash,
+        "constitution": constitution_obj.name,
+        "constitution_hash": constitution_obj.content_hash(),
+        "rounds": rounds,
+        "seed": seed,
+        "mode": mode,
+        "few_shot": few_shot,
+        "limit": limit,
+        "chain": chain.describe(),
+    }
+    return run_chain(
+        chain,
+        command="revise",
+        config=config,
+        run_name=run_name or default_run_name("revise", config),
+        items=lambda done: (new_example(p) for p in iter_prompts(source, limit) if p.prompt_id not in done),
+        total=scan.count,
+        done_table="sft_examples",
+        rows=example_rows,
+        db=db,
+        model=model,
+        api_base=api_base,
+        params=params,
+        options=options,
+        mode=mode,
+        seed=seed,
+        few_shot=few_shot,
+        prompts_dir=prompts_dir,
+        backend=backend,
+        progress=progress,
+    )
+
+
+def _public(params: dict[str, Any]) -> dict[str, Any]:
+    from charter.backends.litellm_backend import SECRET_PARAMS
+
+    return {k: v for k, v in params.items() if k not in SECRET_PARAMS}

@@ -1,0 +1,97 @@
+"""The database schema as numbered migrations (applied in order, recorded in `schema_version`).
+
+Tables hold what charter writes; the contract's user-facing names (`runs`, `calls`, `revisions`,
+`sft_examples`, ...) are these tables or views over them. Add a migration, never edit an old one:
+users' existing database files must keep opening.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: SL-CAI core.
+    """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        command VARCHAR NOT NULL,
+        config JSON,
+        started_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        finished_at TIMESTAMP,
+        status VARCHAR NOT NULL DEFAULT 'running'
+    );
+    CREATE TABLE calls (
+        call_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,
+        step VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        cache_key VARCHAR NOT NULL,
+        request JSON NOT NULL,
+        response_text VARCHAR,
+        responses JSON,
+        logprobs JSON,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        cost_usd DOUBLE,
+        latency_ms DOUBLE,
+        attempts INTEGER,
+        error VARCHAR,
+        cached BOOLEAN NOT NULL DEFAULT false,
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE INDEX calls_cache_key ON calls (cache_key);
+    CREATE TABLE prompts (
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        prompt VARCHAR NOT NULL,
+        messages JSON NOT NULL,
+        PRIMARY KEY (run_id, prompt_id)
+    );
+    CREATE TABLE responses (
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        response VARCHAR NOT NULL,
+        call_id VARCHAR,
+        PRIMARY KEY (run_id, prompt_id)
+    );
+    CREATE TABLE revisions (
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        round INTEGER NOT NULL,
+        principle VARCHAR NOT NULL,
+        critique_request VARCHAR NOT NULL,
+        critique VARCHAR NOT NULL,
+        revision_request VARCHAR NOT NULL,
+        revision VARCHAR NOT NULL,
+        needs_revision BOOLEAN NOT NULL,
+        critique_call_id VARCHAR,
+        revision_call_id VARCHAR,
+        PRIMARY KEY (run_id, prompt_id, round)
+    );
+    CREATE TABLE sft_examples (
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        prompt VARCHAR NOT NULL,
+        completion VARCHAR NOT NULL,
+        messages JSON NOT NULL,
+        init_prompt VARCHAR NOT NULL,
+        init_response VARCHAR NOT NULL,
+        critic_prompt VARCHAR,
+        critic_response VARCHAR,
+        revision_prompt VARCHAR,
+        revision_response VARCHAR,
+        PRIMARY KEY (run_id, prompt_id)
+    );
+    CREATE TABLE training_runs (
+        run_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        base_model VARCHAR NOT NULL,
+        out_dir VARCHAR NOT NULL,
+        train_rows INTEGER,
+        config JSON,
+        metrics JSON,
+        started_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        finished_at TIMESTAMP,
+        status VARCHAR NOT NULL DEFAULT 'running'
+    );
+    """,
+]

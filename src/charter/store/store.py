@@ -1,0 +1,307 @@
+"""`Store`: the one place that writes to DuckDB.
+
+Writes are buffered per table and flushed together in one transaction as Arrow tables (DuckDB's
+`executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
+example, and the calls they reference) are flushed atomically, so a crash leaves whole prompts or
+nothing, and the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from charter.backends.base import Completion, TokenLogprob
+from charter.store.schema import MIGRATIONS
+
+
+class StoreError(RuntimeError):
+    """A database problem a user can act on."""
+
+
+class StoreInUseError(StoreError):
+    """Another process holds the database's write lock."""
+
+
+@dataclass
+class CachedCall:
+    """A finished call found by its cache key."""
+
+    call_id: str
+    run_id: str
+    completion: Completion
+
+
+_LOCK_PID = re.compile(r"held in (?P<proc>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            match = _LOCK_PID.search(text)
+            holder = f"PID {match['pid']} ({match['proc']})" if match else "another process"
+            raise StoreInUseError(
+                f"database {path} is in use by {holder}: DuckDB allows one writer per file; "
+                "wait for it to finish or use another --db"
+            ) from None
+        raise StoreError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+
+
+def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection (for `charter sql` and exports); the file must exist."""
+    if not Path(path).exists():
+        raise StoreError(f"database {path} does not exist")
+    return _connect(path, read_only=True)
+
+
+def completion_to_json(completion: Completion) -> dict[str, Any]:
+    """The columns a completion fills in `calls`."""
+    logprobs = None
+    if completion.logprobs is not None:
+        logprobs = json.dumps(
+            [
+                [{"token": t.token, "logprob": t.logprob, "top": t.top} for t in choice]
+                for choice in completion.logprobs
+            ],
+            ensure_ascii=False,
+        )
+    return {
+        "response_text": completion.texts[0] if completion.texts else None,
+        "responses": json.dumps(completion.texts, ensure_ascii=False),
+        "logprobs": logprobs,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "cost_usd": completion.cost_usd,
+        "latency_ms": completion.latency_ms,
+    }
+
+
+def completion_from_row(
+    responses: str | None, logprobs: str | None, prompt_tokens: Any, completion_tokens: Any
+) -> Completion:
+    """Rebuild a `Completion` from its stored columns (cache hits)."""
+    texts = json.loads(responses) if responses else [""]
+    parsed = None
+    if logprobs:
+        parsed = [[TokenLogprob(**t) for t in choice] for choice in json.loads(logprobs)]
+    return Completion(
+        texts=texts,
+        logprobs=parsed,
+        prompt_tokens=int(prompt_tokens or 0),
+        completion_tokens=int(completion_tokens or 0),
+    )
+
+
+class Store:
+    """A DuckDB file opened for writing by this process (DuckDB allows one writer per file)."""
+
+    def __init__(self, path: str | Path, *, flush_rows: int = 5000, flush_seconds: float = 1.0) -> None:
+        self.path = Path(path)
+        self.con = _connect(self.path, read_only=False)
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending_count = 0
+        self._pending_cache: dict[str, CachedCall] = {}
+        self._last_flush = time.monotonic()
+        self._lock = threading.RLock()
+        self._columns: dict[str, list[str]] = {}
+        self.migrate()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Apply the migrations this file has not seen yet."""
+        from charter.store import views
+
+        con = self.con
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        for version, sql in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            con.execute("BEGIN")
+            try:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_version VALUES (?)", [version])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        views.create_views(con)
+
+    def close(self) -> None:
+        """Flush what is buffered and close the file."""
+        try:
+            self.flush()
+        finally:
+            self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs --------------------------------------------------------------------------------
+    def start_run(self, name: str, command: str, config: dict[str, Any]) -> tuple[str, bool]:
+        """The run called `name` (created if new). Returns (run_id, resumed?)."""
+        with self._lock:
+            row = self.con.execute("SELECT run_id FROM runs WHERE name = ?", [name]).fetchone()
+            if row:
+                self.con.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [row[0]]
+                )
+                return str(row[0]), True
+            run_id = uuid.uuid4().hex[:16]
+            self.con.execute(
+                "INSERT INTO runs (run_id, name, command, config, status) VALUES (?, ?, ?, ?, 'running')",
+                [run_id, name, command, json.dumps(config, ensure_ascii=False, default=str)],
+            )
+            return run_id, False
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Flush and mark a run `done`, `failed` or `interrupted`."""
+        with self._lock:
+            self.flush()
+            self.con.execute(
+                "UPDATE runs SET status = ?, finished_at = current_timestamp WHERE run_id = ?",
+                [status, run_id],
+            )
+
+    def run_id_for(self, name: str) -> str | None:
+        """The id of the run called `name`, if any."""
+        row = self.con.execute("SELECT run_id FROM runs WHERE name = ?", [name]).fetchone()
+        return str(row[0]) if row else None
+
+    # -- the request cache -------------------------------------------------------------------
+    def cache_get(self, cache_key: str) -> CachedCall | None:
+        """A successful earlier call with this key, from this process's buffer or the file."""
+        with self._lock:
+            pending = self._pending_cache.get(cache_key)
+            if pending is not None:
+                return pending
+            row = self.con.execute(
+                "SELECT call_id, run_id, responses, logprobs, prompt_tokens, completion_tokens FROM calls "
+                "WHERE cache_key = ? AND error IS NULL ORDER BY created_at LIMIT 1",
+                [cache_key],
+            ).fetchone()
+        if row is None:
+            return None
+        return CachedCall(str(row[0]), str(row[1]), completion_from_row(row[2], row[3], row[4], row[5]))
+
+    def add_call(self, row: dict[str, Any], completion: Completion | None = None) -> None:
+        """Buffer one `calls` row; a successful one is immediately visible to `cache_get`."""
+        with self._lock:
+            self.add_rows("calls", [row])
+            if completion is not None and row.get("error") is None and not row.get("cached"):
+                self._pending_cache[row["cache_key"]] = CachedCall(row["call_id"], row["run_id"], completion)
+
+    # -- generic batched writes --------------------------------------------------------------
+    def add_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Buffer rows for `table`; they are written at the next flush, all tables in one transaction."""
+        with self._lock:
+            bucket = self._pending.setdefault(table, [])
+            before = len(bucket)
+            bucket.extend(rows)
+            self._pending_count += len(bucket) - before
+
+    def maybe_flush(self) -> None:
+        """Flush when enough rows or time have accumulated."""
+        if self._pending_count >= self.flush_rows or (
+            self._pending_count and time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered row in one transaction (Arrow inserts; duplicates are ignored)."""
+        with self._lock:
+            if not self._pending_count:
+                self._last_flush = time.monotonic()
+                return
+            pending, self._pending = self._pending, {}
+            self._pending_count = 0
+            con = self.con
+            con.execute("BEGIN")
+            try:
+                # calls first: other rows reference them.
+                for table in sorted(pending, key=lambda t: t != "calls"):
+                    rows = pending[table]
+                    if rows:
+                        self._insert_arrow(table, rows)
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            self._pending_cache.clear()
+            self._last_flush = time.monotonic()
+
+    def _table_columns(self, table: str) -> list[str]:
+        if table not in self._columns:
+            cols = self.con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+            if not cols:
+                raise StoreError(f"no table named {table!r}")
+            self._columns[table] = [c[0] for c in cols]
+        return self._columns[table]
+
+    def _insert_arrow(self, table: str, rows: list[dict[str, Any]]) -> None:
+        known = self._table_columns(table)
+        names = [c for c in known if any(c in r for r in rows)]
+        unknown = set().union(*(r.keys() for r in rows)) - set(known)
+        if unknown:
+            raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
+        batch = pa.table({c: [r.get(c) for r in rows] for c in names})  # noqa: F841 - read by DuckDB
+        self.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
+
+    # -- reads -------------------------------------------------------------------------------
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a query on the writer connection (after flushing) and fetch all rows."""
+        with self._lock:
+            self.flush()
+            return self.con.execute(sql, params or []).fetchall()
+
+    def query_dicts(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Like `query`, as dicts keyed by column name."""
+        with self._lock:
+            self.flush()
+            cur = self.con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description or []]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def iter_dicts(
+        self, sql: str, params: list[Any] | None = None, batch_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Stream a query's rows as dicts, `batch_size` at a time (flat memory on big tables)."""
+        with self._lock:
+            self.flush()
+            cur = self.con.cursor()
+        cur.execute(sql, params or [])
+        cols = [d[0] for d in cur.description or []]
+        while True:
+            chunk = cur.fetchmany(batch_size)
+            if not chunk:
+                break
+            for row in chunk:
+                yield dict(zip(cols, row, strict=True))
+        cur.close()
+
+    def ids_in(self, table: str, run_id: str, column: str = "prompt_id") -> set[str]:
+        """The ids already stored for a run: what a resumed command skips."""
+        rows = self.query(f"SELECT DISTINCT {column} FROM {table} WHERE run_id = ?", [run_id])
+        return {str(r[0]) for r in rows}
