@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import warnings
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -42,7 +42,7 @@ class _Loaded:
             dist = ep.dist.name if ep.dist is not None else None
             self.infos.append(PluginInfo(ep.name, ep.value, dist))
         for message in self.errors:
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            print(f"charter: warning: {message}", file=sys.stderr)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,59 @@
+"""The `charter` command line: a thin layer over the same Python API users import."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from charter import __version__
+from charter.cli import catalog, data, revise
+from charter.cli.common import USER_ERRORS
+
+app = typer.Typer(
+    name="charter",
+    help="Constitutional AI: critique/revision data, AI-feedback labels and training, stored in DuckDB.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"charter {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Constitutional AI toolkit."""
+
+
+revise.register(app)
+data.register(app)
+catalog.register(app)
+
+
+def _register_plugin_commands() -> None:
+    from charter.plugins import plugin_manager
+
+    plugin_manager().hook.register_commands(app=app)
+
+
+def main() -> None:
+    """Entry point: map user errors to one line and exit status 2, run-time failures to 1."""
+    _register_plugin_commands()
+    try:
+        app(standalone_mode=True)
+    except USER_ERRORS as exc:
+        typer.echo(f"charter: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("charter: interrupted; what finished is saved, run the same command to resume", err=True)
+        sys.exit(130)

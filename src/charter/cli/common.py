@@ -1,0 +1,78 @@
+"""Shared CLI plumbing: the error types that mean "bad input" (exit 2) and option parsing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+
+from charter.constitution import ConstitutionError
+from charter.inputs import InputError
+from charter.prompts import PromptError
+from charter.store.store import StoreError
+
+# Exceptions that mean the user's input or invocation is wrong: one line on stderr, exit 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    InputError,
+    PromptError,
+    ConstitutionError,
+    StoreError,
+    ValueError,
+)
+
+
+class UsageError(ValueError):
+    """A bad option value; exits 2 with its message."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `charter: error: message` to stderr and exit."""
+    typer.echo(f"charter: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_params(values: list[str] | None) -> dict[str, Any]:
+    """`--param key=value` pairs; values are parsed as JSON when they parse (numbers, lists, bools)."""
+    params: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r}: expected key=value")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw
+    return params
+
+
+def parse_clamp(text: str) -> tuple[float, float]:
+    """`--clamp 0.4,0.6` -> (0.4, 0.6)."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"--clamp {text!r}: expected two numbers like 0.4,0.6") from None
+    if not 0 <= low <= high <= 1:
+        raise UsageError(f"--clamp {text!r}: need 0 <= low <= high <= 1")
+    return low, high
+
+
+def progress_enabled() -> bool:
+    """Show progress bars only to a person at a terminal."""
+    return sys.stderr.isatty()
+
+
+# Options every model-calling command takes (the contract's names).
+ModelOpt = typer.Option(..., "--model", "-m", help="Any LiteLLM model string, or local/<path-or-hub-id>.")
+ApiBaseOpt = typer.Option(None, "--api-base", help="Base URL of an OpenAI-compatible (or other) endpoint.")
+ParamOpt = typer.Option(
+    None, "--param", help="key=value passed to the backend (JSON values parsed). Repeatable."
+)
+ConcurrencyOpt = typer.Option(16, "--concurrency", min=1, help="Backend requests in flight at once.")
+MaxRetriesOpt = typer.Option(6, "--max-retries", min=0, help="Retries per call on 429/5xx/timeouts.")
+RpmOpt = typer.Option(None, "--rpm", min=0.001, help="Requests-per-minute limit (off by default).")
+RunNameOpt = typer.Option(None, "--run-name", help="Name of the run (default: derived from the inputs).")
+PromptsDirOpt = typer.Option(
+    None, "--prompts-dir", help="Directory with .jinja templates overriding built-ins by name."
+)
