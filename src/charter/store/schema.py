@@ -93,5 +93,15 @@ MIGRATIONS: list[str] = [
         finished_at TIMESTAMP,
         status VARCHAR NOT NULL DEFAULT 'running'
     );
+    -- Reward-model scores of policy samples before and after RL (written by trainers).
+    CREATE TABLE policy_samples (
+        training_run_id VARCHAR NOT NULL,
+        stage VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        prompt VARCHAR NOT NULL,
+        response VARCHAR NOT NULL,
+        reward DOUBLE,
+        PRIMARY KEY (training_run_id, stage, prompt_id)
+    );
     """,
 ]
