@@ -1,1 +1,58 @@
-"""charter-trl: SFT, reward-model, PPO and DPO trainers for charter data."""
+"""charter-trl: SFT, reward-model, PPO and DPO trainers for charter data.
+
+Each trainer takes plain rows (the shapes of charter's `sft_examples` / `preference_pairs` views),
+a model path or hub id and an output directory, writes a loadable model + tokenizer there and
+returns a JSON-safe metrics dict::
+
+    from charter_trl import SFTOptions, train_sft
+    metrics = train_sft(rows, "Qwen/Qwen2.5-0.5B-Instruct", "out/sft", SFTOptions(max_steps=100))
+
+Names are imported lazily: `import charter_trl` (and the options) stay cheap, and torch/TRL load
+on first use of a trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOptions
+
+if TYPE_CHECKING:
+    from .common import ModelLoadError
+    from .dpo import train_dpo
+    from .ppo import train_ppo
+    from .reward import score, soft_label_loss, train_reward
+    from .sft import train_sft
+
+_LAZY = {
+    "ModelLoadError": "common",
+    "train_sft": "sft",
+    "train_reward": "reward",
+    "soft_label_loss": "reward",
+    "score": "reward",
+    "train_ppo": "ppo",
+    "train_dpo": "dpo",
+}
+
+__all__ = [
+    "DPOOptions",
+    "ModelLoadError",
+    "PPOOptions",
+    "RewardOptions",
+    "SFTOptions",
+    "TrainOptions",
+    "score",
+    "soft_label_loss",
+    "train_dpo",
+    "train_ppo",
+    "train_reward",
+    "train_sft",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'charter_trl' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,31 @@
+"""The `charter` entry point of charter-trl: registers the trainers by kind.
+
+The trainers are wrapped so that loading the plugin (which `charter --help` does) does not import
+torch or TRL; they load on the first call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from charter.hookspecs import hookimpl
+
+TRAINERS = {"sft": "train_sft", "reward": "train_reward", "ppo": "train_ppo", "dpo": "train_dpo"}
+
+
+def _lazy(kind: str, name: str) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(f"charter_trl.{kind}"), name)(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"charter_trl.{kind}.{name}, imported on first call."
+    return run
+
+
+@hookimpl
+def register_trainers(register: Callable[[str, Any], None]) -> None:
+    """Register `sft`, `reward`, `ppo` and `dpo`."""
+    for kind, name in TRAINERS.items():
+        register(kind, _lazy(kind, name))
