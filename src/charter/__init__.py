@@ -13,3 +13,37 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 __version__ = "0.1.0"
+
+# The public API, imported lazily so `import charter` stays fast (no litellm, no duckdb until used).
+_LAZY = {
+    "revise": "charter.sl",
+    "Respond": "charter.steps",
+    "CritiqueRevise": "charter.steps",
+    "Chain": "charter.steps",
+    "Step": "charter.steps",
+    "StepContext": "charter.steps",
+    "Constitution": "charter.constitution",
+    "Principle": "charter.constitution",
+    "load_constitution": "charter.constitution",
+    "list_constitutions": "charter.constitution",
+    "PromptTemplate": "charter.prompts",
+    "load_prompt": "charter.prompts",
+    "Store": "charter.store",
+    "export": "charter.export",
+    "get_backend": "charter.backends.registry",
+    "RunnerOptions": "charter.runner",
+    "run_chain": "charter.session",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'charter' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
