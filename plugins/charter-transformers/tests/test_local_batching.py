@@ -1,0 +1,105 @@
+"""Dynamic batching: concurrent requests share one padded generate call with identical results."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from charter_transformers.backend import LocalBackend
+from charter_transformers.loading import get_model
+
+from charter.backends.base import Completion, CompletionRequest
+
+PROMPTS = [
+    "Human: hi",
+    "Human: How do I stay safe online? Please answer in detail.",
+    "Revision:",
+    "Consider the following conversation between a human and an assistant: Human: Can you help me",
+    "Please choose the response that is the most helpful",
+]
+
+
+def requests(model: str, **params: object) -> list[CompletionRequest]:
+    return [
+        CompletionRequest(
+            model=model,
+            mode="completion",
+            prompt=p,
+            params={"max_tokens": 6 + 2 * i, "logprobs": 2, **params},
+        )
+        for i, p in enumerate(PROMPTS)
+    ]
+
+
+def sequential(backend: LocalBackend, reqs: list[CompletionRequest]) -> list[Completion]:
+    async def go() -> list[Completion]:
+        return [await backend.complete(r) for r in reqs]
+
+    return asyncio.run(go())
+
+
+def concurrent(backend: LocalBackend, reqs: list[CompletionRequest]) -> list[Completion]:
+    async def go() -> list[Completion]:
+        return list(await asyncio.gather(*(backend.complete(r) for r in reqs)))
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, {"temperature": 1.0, "top_p": 0.9, "seed": 3}])
+def test_batched_equals_unbatched(model_string: str, params: dict[str, object]) -> None:
+    # No window one at a time (nothing to wait for); a generous one so concurrent calls meet.
+    alone, batching = (
+        LocalBackend(model_string, batch_window_ms=0),
+        LocalBackend(model_string, batch_window_ms=300),
+    )
+    engine = get_model(alone.model_id).engine
+    reqs = requests(model_string, **params)
+    before = engine.stats.largest_batch if engine is not None else 0
+    one_by_one = sequential(alone, reqs)
+    engine = get_model(alone.model_id).engine
+    assert engine is not None
+    assert engine.stats.largest_batch == max(before, 1)
+    together = concurrent(batching, reqs)
+    assert engine.stats.largest_batch == len(PROMPTS)  # really one batch
+    for a, b in zip(one_by_one, together, strict=True):
+        assert a.texts == b.texts
+        assert a.finish_reasons == b.finish_reasons
+        assert a.completion_tokens == b.completion_tokens
+        assert a.logprobs is not None and b.logprobs is not None
+        assert [t.token for t in a.logprobs[0]] == [t.token for t in b.logprobs[0]]
+        assert [t.logprob for t in a.logprobs[0]] == pytest.approx(
+            [t.logprob for t in b.logprobs[0]], abs=1e-4
+        )
+
+
+def test_different_generate_settings_run_as_groups(model_string: str) -> None:
+    plain = requests(model_string, temperature=0)
+    penalised = requests(model_string, temperature=0, repetition_penalty=1.3)
+    reqs = [plain[0], penalised[1], plain[2], penalised[3]]
+    mixed = concurrent(LocalBackend(model_string, batch_window_ms=300), reqs)
+    alone = sequential(LocalBackend(model_string, batch_window_ms=0), reqs)
+    assert [c.texts for c in mixed] == [c.texts for c in alone]
+    # The penalty really applied (it shows in the log-probabilities, which follow the processors).
+    unpenalised = sequential(LocalBackend(model_string), [plain[1]])[0]
+    assert alone[1].logprobs is not None and unpenalised.logprobs is not None
+    assert [t.logprob for t in alone[1].logprobs[0]] != [t.logprob for t in unpenalised.logprobs[0]]
+
+
+def test_engine_split_respects_limits(model_string: str) -> None:
+    from charter_transformers.engine import GenerationJob, get_engine
+
+    engine = get_engine(get_model(model_string.removeprefix("local/")))
+    jobs = [GenerationJob(prompt_ids=[1] * (10 * (i + 1)), n=2, max_tokens=10) for i in range(5)]
+    old = engine.max_batch_size, engine.max_batch_tokens
+    try:
+        engine.configure(max_batch_size=4, max_batch_tokens=10_000)
+        assert [len(b) for b in engine._split(jobs, lambda j: len(j.prompt_ids), lambda j: j.max_tokens)] == [
+            2,
+            2,
+            1,
+        ]
+        engine.configure(max_batch_size=16, max_batch_tokens=100)
+        sizes = [len(b) for b in engine._split(jobs, lambda j: len(j.prompt_ids), lambda j: j.max_tokens)]
+        assert sizes == [1, 1, 1, 1, 1]
+    finally:
+        engine.configure(max_batch_size=old[0], max_batch_tokens=old[1])
