@@ -8,7 +8,7 @@ runs the jobs in batches bounded by `max_batch_size` rows and `max_batch_tokens`
 Generation uses one `model.generate` call per batch with left padding (decoder-only models continue
 from the last position, so every row's prompt must end there) and the attention mask, from which
 `generate` derives position ids. Sampling parameters, seeds, stop strings, token limits and
-log-probabilities are per row (`_RowSampler`, `_RowStopper`), so requests with different
+log-probabilities are per row (see `charter_transformers.sampling`), so requests with different
 parameters still share a batch; only parameters that configure `generate` as a whole (e.g.
 `repetition_penalty`) split a batch into groups. Each row samples from its own seeded
 `torch.Generator`, so a seeded request gives the same text whatever it is batched with.
@@ -24,11 +24,12 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from charter.backends.base import BackendError
+from charter_transformers.sampling import RowSampler, RowStopper, row_seed
 from charter_transformers.tokens import token_texts
 
 if TYPE_CHECKING:
@@ -131,130 +132,6 @@ class EngineStats:
 
 
 _STOP = object()
-
-
-def row_seed(seed: int, index: int) -> int:
-    """The seed of choice `index` of a request seeded with `seed` (distinct, stable streams)."""
-    return (seed * 1_000_003 + index * 0x9E3779B9 + 1) % (2**63)
-
-
-class _RowStopper:
-    """Per-row stopping: end-of-sequence, stop strings or the row's own token limit.
-
-    `done_at[i]` is the number of tokens row i produced; `reasons[i]` why it stopped.
-    """
-
-    def __init__(
-        self,
-        jobs: Sequence[GenerationJob],
-        prompt_len: int,
-        eos: frozenset[int],
-        tokenizer: Any,
-        tokenizer_lock: threading.RLock,
-    ) -> None:
-        self.jobs = jobs
-        self.prompt_len = prompt_len
-        self.eos = eos
-        self.tokenizer = tokenizer
-        self.tokenizer_lock = tokenizer_lock
-        self.done_at: list[int | None] = [None] * len(jobs)
-        self.reasons: list[str | None] = [None] * len(jobs)
-        longest = max((len(s) for job in jobs for s in job.stop), default=0)
-        # A stop string of k characters spans at most k tokens, plus one for a partial UTF-8 piece.
-        self.tail = longest + 2
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        import torch
-
-        steps = input_ids.shape[1] - self.prompt_len
-        last = input_ids[:, -1].tolist()
-        tails: list[list[int]] | None = None
-        for i, job in enumerate(self.jobs):
-            if self.done_at[i] is not None:
-                continue
-            if last[i] in self.eos:
-                self.done_at[i], self.reasons[i] = steps, "eos"
-                continue
-            if job.stop:
-                if tails is None:
-                    start = max(self.prompt_len, input_ids.shape[1] - self.tail)
-                    tails = input_ids[:, start:].tolist()
-                with self.tokenizer_lock:
-                    text = self.tokenizer.decode(tails[i], skip_special_tokens=True)
-                if any(s in text for s in job.stop):
-                    self.done_at[i], self.reasons[i] = steps, "stop"
-                    continue
-            if steps >= job.max_tokens:
-                self.done_at[i], self.reasons[i] = steps, "length"
-        done = [d is not None for d in self.done_at]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
-class _RowSampler:
-    """A logits processor that picks every row's next token itself and returns a one-hot score.
-
-    `generate` runs greedy (argmax), so it takes exactly the token chosen here: argmax for rows at
-    temperature 0, else a draw with the row's temperature/top-k/top-p from the row's generator. It
-    also records log-probabilities (log-softmax of the scores it receives: the model's logits after
-    any processors the model's own generation config adds) and the top alternatives.
-    """
-
-    def __init__(
-        self, jobs: Sequence[GenerationJob], seeds: Sequence[int], device: torch.device, stopper: _RowStopper
-    ):
-        import torch
-
-        self.jobs = jobs
-        self.stopper = stopper
-        self.sampled = [i for i, job in enumerate(jobs) if job.temperature > 0]
-        self.generators: dict[int, torch.Generator] = {}
-        for i in self.sampled:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(seeds[i])
-            self.generators[i] = gen
-        self.with_logprobs = [i for i, job in enumerate(jobs) if job.logprobs is not None]
-        self.lp_index = torch.tensor(self.with_logprobs, dtype=torch.long, device=device)
-        self.top_k = max((jobs[i].logprobs or 0 for i in self.with_logprobs), default=0)
-        self.chosen: list[torch.Tensor] = []
-        self.chosen_lp: list[torch.Tensor] = []
-        self.top_values: list[torch.Tensor] = []
-        self.top_ids: list[torch.Tensor] = []
-
-    def _draw(self, i: int, logits: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        job = self.jobs[i]
-        logits = logits / job.temperature
-        if 0 < job.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, job.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if job.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-            drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= job.top_p
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        return torch.multinomial(probs, 1, generator=self.generators[i])[0]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        import torch
-
-        scores_f = scores.float()
-        chosen = scores_f.argmax(dim=-1)
-        for i in self.sampled:
-            if self.stopper.done_at[i] is None:
-                chosen[i] = self._draw(i, scores_f[i])
-        if self.with_logprobs:
-            logprobs = torch.log_softmax(scores_f.index_select(0, self.lp_index), dim=-1)
-            self.chosen_lp.append(logprobs.gather(1, chosen.index_select(0, self.lp_index)[:, None])[:, 0])
-            if self.top_k:
-                values, ids = torch.topk(logprobs, self.top_k, dim=-1)
-                self.top_values.append(values)
-                self.top_ids.append(ids)
-        out = torch.full_like(scores_f, float("-inf"))
-        out.scatter_(1, chosen[:, None], 0.0)
-        return out  # type: ignore[return-value]
 
 
 class Engine:
@@ -434,7 +311,7 @@ class Engine:
 
         base = getattr(self.loaded.model, "generation_config", None)
         config = GenerationConfig.from_dict(base.to_dict()) if base is not None else GenerationConfig()
-        # Sampling happens in _RowSampler; generate itself must only take its (one-hot) argmax.
+        # Sampling happens in RowSampler; generate itself must only take its (one-hot) argmax.
         config.update(
             do_sample=False,
             num_beams=1,
@@ -468,8 +345,8 @@ class Engine:
         loaded = self.loaded
         input_ids, mask = self._left_pad([job.prompt_ids for job in rows])
         prompt_len = input_ids.shape[1]
-        stopper = _RowStopper(rows, prompt_len, loaded.eos_token_ids, loaded.tokenizer, loaded.tokenizer_lock)
-        sampler = _RowSampler(rows, seeds, loaded.device, stopper)
+        stopper = RowStopper(rows, prompt_len, loaded.eos_token_ids, loaded.tokenizer, loaded.tokenizer_lock)
+        sampler = RowSampler(rows, seeds, loaded.device, stopper)
         config = self._generation_config(max(job.max_tokens for job in rows), jobs[0].batch_params)
         with torch.inference_mode():
             sequences = loaded.model.generate(
