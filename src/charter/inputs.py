@@ -128,12 +128,14 @@ def _from_object(obj: Any, where: str, line: int) -> PromptRecord:
                 raise InputError(f"{where}: line {line}: messages: not a JSON list") from None
         if not isinstance(raw, list):
             raise InputError(f"{where}: line {line}: messages: must be a list of {{role, content}}")
-        try:
-            messages = [Message.model_validate(m) for m in raw]
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InputError(f"{where}: line {line}: messages.{loc}: {err['msg']}") from None
+        messages = []
+        for index, item in enumerate(raw):
+            try:
+                messages.append(Message.model_validate(item))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = "".join(f".{p}" for p in err["loc"])
+                raise InputError(f"{where}: line {line}: messages[{index}]{loc}: {err['msg']}") from None
     elif "prompt" in obj:
         prompt = obj["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():

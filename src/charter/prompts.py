@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError
+from jinja2 import meta as jinja_meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ValidationError, create_model
 
@@ -199,10 +200,20 @@ class PromptTemplate:
             fields[field_name] = (py_type | None, None) if optional else (py_type, ...)
         self.input_model: type[BaseModel] = create_model(f"{_camel(name)}Inputs", **fields)
         try:
-            self._template = _ENV.from_string(self.source)
+            parsed = _ENV.parse(self.source)
+            self._template = _ENV.from_string(parsed)
         except TemplateError as exc:
-            line = getattr(exc, "lineno", None)
+            # Jinja counts lines from the body; the user's editor counts them from the top of the file.
+            line = (getattr(exc, "lineno", None) or 1) + header.count("\n") + 3
             raise PromptError(f"{where}: line {line}: {exc}") from None
+        # StrictUndefined would only fail at render time, halfway through a run: name an undeclared
+        # variable now, while loading, so a broken template is bad input before anything is written.
+        undeclared = jinja_meta.find_undeclared_variables(parsed) - set(self.input_types) - set(_ENV.globals)
+        if undeclared:
+            raise PromptError(
+                f"{where}: uses {', '.join(repr(v) for v in sorted(undeclared))}, which is not among its "
+                f"inputs ({', '.join(self.input_types) or 'none declared'}); declare it under 'inputs:'"
+            )
 
     def validate_inputs(self, values: dict[str, Any]) -> BaseModel:
         """Check inputs against the declared types; the error names the template and field."""
@@ -221,7 +232,7 @@ class PromptTemplate:
         try:
             rendered = self._template.render(**context)
         except TemplateError as exc:
-            raise PromptError(f"prompt {self.name}: {exc}") from None
+            raise PromptError(f"prompt {self.name} ({self.path or 'inline'}): {exc}") from None
         if self.mode == "completion":
             return RenderedPrompt(mode="completion", text=rendered, stop=list(self.stop))
         messages = _split_messages(rendered)
@@ -262,12 +273,22 @@ def prompt_dirs(prompts_dir: str | Path | None = None) -> list[Path]:
     return dirs
 
 
+_LOADED: dict[tuple[str, int, int], PromptTemplate] = {}
+
+
 def load_prompt(name: str, prompts_dir: str | Path | None = None) -> PromptTemplate:
     """The template called `name` (file `<name>.jinja`), honouring user overrides."""
     for directory in prompt_dirs(prompts_dir):
         path = directory / f"{name}{PROMPT_SUFFIX}"
         if path.is_file():
-            return PromptTemplate(name, path.read_text(encoding="utf-8"), path)
+            # Parsing and compiling costs milliseconds and runs are checked up front, then per step:
+            # reuse a template while its file is unchanged (templates are immutable once built).
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            template = _LOADED.get(key)
+            if template is None:
+                template = _LOADED[key] = PromptTemplate(name, path.read_text(encoding="utf-8"), path)
+            return template
     known = ", ".join(n for n, _ in list_prompts(prompts_dir))
     raise PromptError(f"no prompt named {name!r}; known: {known}")
 

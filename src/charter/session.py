@@ -13,8 +13,9 @@ from typing import Any, Literal, TypeVar
 
 from charter.backends.base import Backend
 from charter.backends.registry import get_backend
+from charter.prompts import load_prompt
 from charter.runner import CallFailed, CallResult, Runner, RunnerOptions, bounded_map
-from charter.steps.base import Step, StepContext
+from charter.steps.base import Chain, Step, StepContext
 from charter.store.store import Store
 
 S = TypeVar("S")
@@ -48,6 +49,16 @@ def _item_id(state: Any) -> str:
     return str(getattr(prompt, "prompt_id", None) or getattr(state, "item_id", "?"))
 
 
+def chain_templates(chain: Step[Any], mode: str) -> list[str]:
+    """Names of the templates a chain renders in `mode`, from each step's optional `templates(mode)`."""
+    names: list[str] = []
+    for step in chain.steps if isinstance(chain, Chain) else [chain]:
+        templates = getattr(step, "templates", None)
+        if templates is not None:
+            names.extend(n for n in templates(mode) if n not in names)
+    return names
+
+
 def run_chain(
     chain: Step[S],
     *,
@@ -77,6 +88,10 @@ def run_chain(
     from charter.backends.litellm_backend import split_params
 
     request_params, _ = split_params(params or {})
+    # A broken template (a user override, most likely) is bad input: fail before the database is
+    # created or a run recorded, not on the first item.
+    for name in chain_templates(chain, mode):
+        load_prompt(name, prompts_dir)
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_id, resumed = store.start_run(run_name, command, config)

@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from charter.constitution import Constitution, load_constitution
+from charter.prompts import RenderedPrompt
 from charter.records import Critique, Message, RevisedExample, RevisionRound, messages_to_dicts
 from charter.steps.base import Step, StepContext
 
 _HUMAN_STOP = "\n\nHuman:"
+# Legacy completion endpoints (OpenAI's, vLLM's) stop after 16 tokens unless told otherwise, which
+# would cut every answer, critique and revision short; chat endpoints have no such default.
+COMPLETION_MAX_TOKENS = 512
+
+
+def _generation(ctx: StepContext, rendered: RenderedPrompt) -> dict[str, Any]:
+    """Request parameters for free-text generation: a max_tokens in completion mode unless the user set one."""
+    if rendered.mode != "completion" or {"max_tokens", "max_completion_tokens"} & ctx.params.keys():
+        return {}
+    return {"max_tokens": COMPLETION_MAX_TOKENS}
 
 
 def completion_few_shot(constitution: Constitution | None, enabled: bool) -> str:
@@ -46,10 +57,14 @@ class Respond(Step[RevisedExample]):
             rendered = ctx.prompt("respond-completion").render(
                 conversation=conversation, few_shot=completion_few_shot(self.constitution, ctx.few_shot)
             )
-        result = await ctx.complete(self.name, rendered)
+        result = await ctx.complete(self.name, rendered, **_generation(ctx, rendered))
         state.initial_response = result.completion.text.strip()
         state.response_call_id = result.call_id
         return state
+
+    def templates(self, mode: str) -> list[str]:
+        """The prompt templates this step renders in `mode` (loaded up front by `run_chain`)."""
+        return [f"respond-{mode}"]
 
     def describe(self) -> dict[str, Any]:
         return {"step": self.name, "system": self.system}
@@ -94,16 +109,17 @@ class CritiqueRevise(Step[RevisedExample]):
                 "critique_request": principle.critique,
                 "few_shot": few_shot,
             }
-            critique_call = await ctx.complete("critique", critique_prompt.render(**base))
+            rendered = critique_prompt.render(**base)
+            critique_call = await ctx.complete("critique", rendered, **_generation(ctx, rendered))
             critique = critique_prompt.parse(critique_call.completion.text)
             assert isinstance(critique, Critique)
             latest = state.final_response
             revision_call_id: str | None = None
             if critique.needs_revision:
-                revision_call = await ctx.complete(
-                    "revision",
-                    revise_prompt.render(**base, critique=critique.text, revision_request=principle.revision),
+                rendered = revise_prompt.render(
+                    **base, critique=critique.text, revision_request=principle.revision
                 )
+                revision_call = await ctx.complete("revision", rendered, **_generation(ctx, rendered))
                 revision = revision_call.completion.text.strip() or latest
                 revision_call_id = revision_call.call_id
             else:
@@ -122,6 +138,10 @@ class CritiqueRevise(Step[RevisedExample]):
                 )
             )
         return state
+
+    def templates(self, mode: str) -> list[str]:
+        """The prompt templates this step renders in `mode` (loaded up front by `run_chain`)."""
+        return [f"critique-{mode}", f"revise-{mode}"]
 
     def describe(self) -> dict[str, Any]:
         return {
