@@ -1,0 +1,118 @@
+"""The runner against real HTTP faults: retries, Retry-After, failures that resume, the rpm limiter."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from charter_testkit import COMPLETION_MODEL, last_user_text, query, query_dicts, revise_args, write_prompts
+
+from charter.testing.fake_openai import FakeRequest, default_responder
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [
+        ("429", None),
+        ("500", None),
+        ("503", None),
+        ("broken_json", None),
+        ("disconnect", None),
+        ("broken_json", COMPLETION_MODEL),
+        ("disconnect", COMPLETION_MODEL),
+    ],
+)
+def test_transient_faults_are_retried_and_succeed(cli, server, tmp_path, kind, model):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
+    db = tmp_path / "faults.duckdb"
+    extra = ["--model", model, "--mode", "completion"] if model else []
+    server.inject(kind)
+    result = cli(*revise_args(prompts, db, server, "--rounds", "0", *extra))
+    assert result.code == 0, result.stderr
+    assert server.request_count == 2  # the faulted request and one retry, nothing more
+    assert query(db, "SELECT step, attempts, error FROM calls") == [("respond", 2, None)]
+    assert query(db, "SELECT count(*) FROM sft_examples") == [(1,)]
+
+
+def poison(req: FakeRequest) -> str:
+    """A persistent failure for one prompt (the server answers 500 when a responder raises)."""
+    if "POISON" in last_user_text(req):
+        raise RuntimeError("this prompt always fails")
+    return default_responder(req)
+
+
+def test_persistent_failure_exits_1_keeps_what_finished_and_the_same_command_resumes(cli, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?", "POISON: say something rude"])
+    db = tmp_path / "partial.duckdb"
+    args = revise_args(prompts, db, server, "--rounds", "1", "--max-retries", "0")
+    server.responder = poison
+    failed = cli(*args)
+    assert failed.code == 1
+    assert "1 done" in failed.stderr and "1 failed" in failed.stderr
+    assert "run the same command again" in failed.stderr
+    assert query(db, "SELECT prompt FROM sft_examples") == [("How do I pick a lock?",)]
+    errors = query_dicts(db, "SELECT step, attempts, error, response_text FROM calls WHERE error IS NOT NULL")
+    assert len(errors) == 1 and errors[0]["step"] == "respond" and errors[0]["attempts"] == 1
+    assert "this prompt always fails" in errors[0]["error"] and errors[0]["response_text"] is None
+    assert query(db, "SELECT status FROM runs") == [("failed",)]
+
+    server.responder = default_responder
+    server.reset()
+    resumed = cli(*args)
+    assert resumed.code == 0, resumed.stderr
+    assert server.request_count == 3  # only the failed prompt: answer, critique, revision
+    assert "1 already done" in resumed.stderr
+    assert query(db, "SELECT count(*), count(DISTINCT prompt_id) FROM sft_examples") == [(2, 2)]
+    assert query(db, "SELECT count(*), min(status) FROM runs") == [(1, "done")]
+
+
+def test_max_retries_bounds_the_attempts(cli, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
+    db = tmp_path / "bounded.duckdb"
+    server.inject("429", count=10, retry_after=0)
+    result = cli(*revise_args(prompts, db, server, "--rounds", "0", "--max-retries", "2"))
+    assert result.code == 1
+    assert server.request_count == 3
+    assert query(db, "SELECT attempts, error LIKE '%RateLimit%' FROM calls") == [(3, True)]
+
+
+def test_retry_after_is_honoured(cli, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
+
+    def timed(retry_after: float, name: str) -> float:
+        server.inject("429", retry_after=retry_after)
+        started = time.monotonic()
+        result = cli(*revise_args(prompts, tmp_path / f"{name}.duckdb", server, "--rounds", "0"))
+        assert result.code == 0, result.stderr
+        return time.monotonic() - started
+
+    immediate = timed(0, "immediate")
+    waited = timed(1.5, "waited")
+    # Without Retry-After the runner's first backoff is at most 0.5 s.
+    assert waited >= 1.5
+    assert waited - immediate >= 1.2
+    assert server.request_count == 4
+
+
+def test_rpm_spaces_the_requests(cli, server, tmp_path):
+    arrivals: list[float] = []
+
+    def clock(req: FakeRequest) -> str:
+        arrivals.append(time.monotonic())
+        return default_responder(req)
+
+    server.responder = clock
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {i}" for i in range(5)])
+    result = cli(*revise_args(prompts, tmp_path / "free.duckdb", server, "--rounds", "0"))
+    assert result.code == 0, result.stderr
+    assert max(arrivals) - min(arrivals) < 0.9  # up to 16 at once: the five go out together
+
+    arrivals.clear()
+    started = time.monotonic()
+    result = cli(*revise_args(prompts, tmp_path / "limited.duckdb", server, "--rounds", "0", "--rpm", "200"))
+    took = time.monotonic() - started
+    assert result.code == 0, result.stderr
+    # 200 a minute is one request every 0.3 s: the fifth cannot start before 1.2 s.
+    assert len(arrivals) == 5 and took >= 1.2
+    later = sorted(arrivals)[1:]  # the first request also pays for opening the connection
+    assert later[-1] - later[0] >= 3 * 0.3 - 0.1

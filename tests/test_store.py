@@ -1,0 +1,176 @@
+"""The DuckDB store as users meet it: the request cache, resume after kill -9, one writer, no secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+from charter_testkit import (
+    REPO,
+    query,
+    revise_args,
+    run_charter,
+    subprocess_env,
+    write_prompts,
+)
+
+from charter.store import Store
+
+TABLES = ("runs", "calls", "prompts", "responses", "revisions", "sft_examples")
+
+
+def counts(db: Path) -> dict[str, int]:
+    return {t: query(db, f"SELECT count(*) FROM {t}")[0][0] for t in TABLES}
+
+
+def test_rerunning_a_finished_command_asks_nothing_and_adds_nothing(cli, server, prompts_file, tmp_path):
+    db = tmp_path / "cache.duckdb"
+    args = revise_args(prompts_file, db, server, "--rounds", "2")
+    first = cli(*args)
+    assert first.code == 0, first.stderr
+    before = counts(db)
+    assert before["calls"] == server.request_count == 10 and before["sft_examples"] == 2
+    server.reset()
+
+    again = cli(*args)
+    assert again.code == 0, again.stderr
+    assert server.request_count == 0
+    assert counts(db) == before
+    assert "resumed" in again.stderr and "2 already done" in again.stderr
+    assert query(db, "SELECT status FROM runs") == [("done",)]
+
+
+def test_a_new_run_reuses_cached_answers_and_records_them_as_cached(cli, server, prompts_file, tmp_path):
+    db = tmp_path / "cache.duckdb"
+    assert cli(*revise_args(prompts_file, db, server, "--rounds", "1", "--run-name", "a")).code == 0
+    server.reset()
+    result = cli(*revise_args(prompts_file, db, server, "--rounds", "1", "--run-name", "b"))
+    assert result.code == 0, result.stderr
+    assert server.request_count == 0
+    per_run = query(
+        db,
+        "SELECT r.name, count(*), count(*) FILTER (WHERE c.cached) FROM calls c JOIN runs r USING (run_id) "
+        "GROUP BY r.name ORDER BY r.name",
+    )
+    assert per_run == [("a", 6, 0), ("b", 6, 6)]
+    same = query(
+        db,
+        "SELECT count(*) FROM sft_examples a JOIN sft_examples b USING (prompt_id) "
+        "WHERE a.run_id <> b.run_id AND a.completion = b.completion",
+    )
+    assert same == [(4,)]  # both directions of the two prompts
+
+
+def test_kill_9_mid_run_then_the_same_command_resumes_without_duplicates(cli, server, tmp_path):
+    total = 12
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"Red-team prompt number {i}?" for i in range(total)])
+    db = tmp_path / "killed.duckdb"
+    args = revise_args(prompts, db, server, "--rounds", "1", "--concurrency", "1")
+    server.latency_s = 0.02
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charter", *map(str, args)],
+        env=subprocess_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Each prompt is 3 requests; commits happen about once a second. Kill well after the first.
+        deadline = time.monotonic() + 60
+        while server.request_count < 3 * 5 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, (
+            f"the run ended before it could be killed: {proc.stderr.read() if proc.stderr else ''}"
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    asked_before_kill = server.request_count
+    committed = query(db, "SELECT count(*) FROM sft_examples")[0][0]
+    assert 0 < committed < total
+    assert query(db, "SELECT status FROM runs") == [("running",)]
+    server.latency_s = 0.0
+    server.reset()
+
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert f"{committed} already done" in result.stderr
+    # Committed prompts are never asked again; what was in flight is asked at most once more.
+    remaining = 3 * (total - committed)
+    assert remaining - 3 * 6 <= server.request_count <= remaining
+    assert asked_before_kill + server.request_count >= 3 * total
+    assert query(db, "SELECT count(*), count(DISTINCT prompt_id) FROM sft_examples") == [(total, total)]
+    assert query(db, "SELECT count(*), count(DISTINCT (prompt_id, round)) FROM revisions") == [(total, total)]
+    # Every request the run needed is stored exactly once, and every round points at its calls.
+    assert query(db, "SELECT count(*), count(DISTINCT cache_key) FROM calls WHERE error IS NULL") == [
+        (3 * total, 3 * total)
+    ]
+    dangling = query(
+        db,
+        "SELECT count(*) FROM revisions r LEFT JOIN calls c ON c.call_id = r.revision_call_id "
+        "WHERE c.call_id IS NULL",
+    )
+    assert dangling == [(0,)]
+    assert query(db, "SELECT count(*), min(status) FROM runs") == [(1, "done")]
+
+
+def test_a_second_writer_gets_a_clear_error_and_exit_2(server, prompts_file, tmp_path):
+    db = tmp_path / "busy.duckdb"
+    with Store(db):  # this test process holds the write lock
+        result = run_charter(*revise_args(prompts_file, db, server, "--rounds", "0"))
+    assert result.code == 2
+    (line,) = result.error_lines()
+    assert line.startswith(f"charter: error: database {db} is in use by PID {os.getpid()}"), line
+    assert server.request_count == 0
+    assert query(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_secrets_never_reach_the_database(cli, server, prompts_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ENVSECRET")
+    db = tmp_path / "secrets.duckdb"
+    args = revise_args(
+        prompts_file,
+        db,
+        server,
+        "--rounds",
+        "1",
+        "--param",
+        "api_key=sk-SECRET123",
+        "--param",
+        'extra_headers={"Authorization": "Bearer sk-HEADERSECRET"}',
+        "--param",
+        "temperature=0.5",
+    )
+    # One failed attempt first, so error rows are written too; then the same command finishes.
+    server.inject("500", count=2)  # both prompts' first requests
+    failed = cli(*args, "--max-retries", "0")
+    assert failed.code == 1
+    done = cli(*args)
+    assert done.code == 0, done.stderr
+    assert all(body.get("temperature") == 0.5 for body in server.requests)  # the params did travel
+    assert query(db, "SELECT count(*) FROM calls WHERE error IS NOT NULL")[0][0] >= 1
+
+    secrets = ("sk-SECRET123", "sk-ENVSECRET", "sk-HEADERSECRET", "SECRET")
+    for output in (failed.stdout, failed.stderr, done.stdout, done.stderr):
+        assert not any(s in output for s in secrets)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        assert {"runs", "calls", "revisions", "sft_examples"} <= set(tables)
+        for table in tables:
+            text = str(con.execute(f"SELECT * FROM {table}").fetchall())
+            assert "SECRET" not in text, f"a secret is stored in {table}"
+    finally:
+        con.close()
+    for path in tmp_path.iterdir():
+        if path.name.startswith(db.name):
+            assert b"SECRET" not in path.read_bytes(), f"a secret is in the bytes of {path.name}"
