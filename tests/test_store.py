@@ -94,7 +94,6 @@ def test_kill_9_mid_run_then_the_same_command_resumes_without_duplicates(cli, se
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    asked_before_kill = server.request_count
     committed = query(db, "SELECT count(*) FROM sft_examples")[0][0]
     assert 0 < committed < total
     assert query(db, "SELECT status FROM runs") == [("running",)]
@@ -107,7 +106,6 @@ def test_kill_9_mid_run_then_the_same_command_resumes_without_duplicates(cli, se
     # Committed prompts are never asked again; what was in flight is asked at most once more.
     remaining = 3 * (total - committed)
     assert remaining - 3 * 6 <= server.request_count <= remaining
-    assert asked_before_kill + server.request_count >= 3 * total
     assert query(db, "SELECT count(*), count(DISTINCT prompt_id) FROM sft_examples") == [(total, total)]
     assert query(db, "SELECT count(*), count(DISTINCT (prompt_id, round)) FROM revisions") == [(total, total)]
     # Every request the run needed is stored exactly once, and every round points at its calls.
