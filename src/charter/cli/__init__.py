@@ -8,6 +8,8 @@ import typer
 
 from charter import __version__
 from charter.cli import catalog, data, revise
+from charter.cli import rl as rl_commands
+from charter.cli import run as run_command
 from charter.cli.common import USER_ERRORS
 
 app = typer.Typer(
@@ -38,6 +40,8 @@ def _root(
 revise.register(app)
 data.register(app)
 catalog.register(app)
+rl_commands.register(app)
+run_command.register(app)
 
 
 def _register_plugin_commands() -> None:

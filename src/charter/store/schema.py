@@ -104,4 +104,61 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (training_run_id, stage, prompt_id)
     );
     """,
+    # 2: RL-CAI - sampled responses, the pairs made from them, and their AI-feedback labels.
+    """
+    CREATE TABLE samples (
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        sample_index INTEGER NOT NULL,
+        response VARCHAR NOT NULL,
+        call_id VARCHAR,
+        choice_index INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, prompt_id, sample_index)
+    );
+    CREATE TABLE pairs (
+        pair_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        index_a INTEGER NOT NULL,
+        index_b INTEGER NOT NULL,
+        response_a VARCHAR NOT NULL,
+        response_b VARCHAR NOT NULL,
+        source_run_id VARCHAR
+    );
+    CREATE INDEX pairs_run ON pairs (run_id);
+    -- One row per labeled pair and label run (status 'ok', or 'unparsed' with NULL probabilities).
+    CREATE TABLE pair_labels (
+        run_id VARCHAR NOT NULL,
+        pair_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        principle VARCHAR NOT NULL,
+        prob_a DOUBLE,
+        prob_b DOUBLE,
+        prob_a_unclamped DOUBLE,
+        reasoning VARCHAR,
+        label_source VARCHAR,
+        status VARCHAR NOT NULL,
+        raw_text VARCHAR,
+        call_ids VARCHAR[],
+        PRIMARY KEY (run_id, pair_id)
+    );
+    -- Every feedback query behind a label: ensemble member, option order, attempt, call, reading.
+    CREATE TABLE feedback_queries (
+        run_id VARCHAR NOT NULL,
+        pair_id VARCHAR NOT NULL,
+        member INTEGER NOT NULL,
+        principle VARCHAR NOT NULL,
+        swapped BOOLEAN NOT NULL,
+        kind VARCHAR NOT NULL,
+        attempt INTEGER NOT NULL,
+        call_id VARCHAR,
+        reasoning_call_id VARCHAR,
+        text VARCHAR,
+        answer VARCHAR,
+        prob_a DOUBLE,
+        label_source VARCHAR,
+        PRIMARY KEY (run_id, pair_id, member, swapped, kind, attempt)
+    );
+    """,
 ]

@@ -6,6 +6,27 @@ import duckdb
 
 VIEWS: dict[str, str] = {}
 
+# RL-CAI: one row per labeled pair (label run x pair); flagged pairs stay in `pair_labels`.
+VIEWS["comparisons"] = """
+    SELECT l.run_id, l.pair_id, p.prompt_id, pr.prompt, pr.messages, p.response_a, p.response_b,
+           l.principle, l.method, l.prob_a, l.prob_b, l.reasoning, l.label_source, l.status,
+           l.model, l.prob_a_unclamped, l.raw_text, l.call_ids,
+           p.run_id AS sample_run_id, p.source_run_id, p.index_a, p.index_b
+    FROM pair_labels l
+    JOIN pairs p ON p.pair_id = l.pair_id
+    JOIN prompts pr ON pr.run_id = p.run_id AND pr.prompt_id = p.prompt_id
+    WHERE l.status = 'ok'
+"""
+# Ready for TRL: the preferred response of each comparison and its probability (>= 0.5).
+VIEWS["preference_pairs"] = """
+    SELECT run_id, pair_id, prompt_id, prompt, messages,
+           CASE WHEN prob_a >= prob_b THEN response_a ELSE response_b END AS chosen,
+           CASE WHEN prob_a >= prob_b THEN response_b ELSE response_a END AS rejected,
+           greatest(prob_a, prob_b) AS chosen_prob,
+           principle, method, label_source, sample_run_id, source_run_id
+    FROM comparisons
+"""
+
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """(Re)create every registered view."""

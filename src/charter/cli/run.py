@@ -1,0 +1,51 @@
+"""`charter run PIPELINE.yaml`: revise -> sample -> label (-> export) from one config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from charter.cli import common
+
+
+def register(app: typer.Typer) -> None:
+    """Add `run` to the app."""
+
+    @app.command("run")
+    def run_cmd(
+        pipeline: Path = typer.Argument(..., help="Pipeline file (YAML); see examples/."),
+        db: Path | None = typer.Option(None, "--db", help="DuckDB file (overrides the file's db)."),
+    ) -> None:
+        """Run the steps of a pipeline file in order (each resumes like its own command)."""
+        from charter.pipeline import StepResult, run_pipeline
+
+        def report(index: int, result: StepResult) -> None:
+            summary = result.summary
+            if summary is None:
+                typer.echo(
+                    f"step {index + 1} {result.kind}: wrote {result.rows} rows to {result.out}", err=True
+                )
+                return
+            verb = "resumed" if summary.resumed else "started"
+            typer.echo(
+                f"step {index + 1} {result.kind}: run {summary.run_name} ({verb}): {summary.completed} done, "
+                f"{summary.skipped} already done, {summary.failed} failed; {summary.calls} calls, "
+                f"{summary.cache_hits} cache hits, {summary.seconds:.1f}s",
+                err=True,
+            )
+            for attr, text in (
+                ("pairs", "pairs stored"),
+                ("labeled", "pairs labeled"),
+                ("flagged", "pairs flagged"),
+            ):
+                value = getattr(summary, attr, None)
+                if value:
+                    typer.echo(f"  {value} {text}", err=True)
+            for error in summary.errors[:5]:
+                typer.echo(f"  failed: {error}", err=True)
+
+        results = run_pipeline(pipeline, db=db, progress=common.progress_enabled(), on_step=report)
+        if not all(r.ok for r in results):
+            typer.echo("charter: a step did not finish; run the same command again to resume", err=True)
+            raise typer.Exit(1)

@@ -1,0 +1,445 @@
+"""RL-CAI as two calls: `sample(...)` (response pairs) and `label(...)` (AI-feedback soft labels).
+
+    from charter import rl
+    rl.sample("red_team.jsonl", db="cai.duckdb", model="hosted_vllm/my-sl-model",
+              api_base="http://gpu:8000/v1", n=2)
+    rl.label(db="cai.duckdb", model="text-completion-openai/my-base-model",
+             api_base="http://gpu:8000/v1", method="logprobs")
+
+What `charter sample` and `charter label` run. Both resume: the same call again skips what is done
+(prompts with samples, pairs with a label in this run) and answers finished calls from the cache.
+Results land in `samples`, `pairs`, `pair_labels` and `feedback_queries`, and the contract's views
+`comparisons` and `preference_pairs`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from charter.backends.base import Backend
+from charter.backends.registry import get_backend
+from charter.constitution import Constitution, load_constitution
+from charter.inputs import PromptSource, iter_prompts, scan_prompts
+from charter.records import Message, PromptRecord, messages_to_dicts
+from charter.runner import RunnerOptions
+from charter.session import RunSummary, run_chain
+from charter.sl import _public, default_run_name
+from charter.steps.base import Chain
+from charter.steps.rl import (
+    LabelCoT,
+    LabelMC,
+    PairItem,
+    SampleItem,
+    SamplePairs,
+    ScoringBackend,
+    new_pair,
+    pair_id_for,
+    parse_pair_strategy,
+)
+from charter.store.store import Store, StoreError
+
+Method = Literal["logprobs", "cot"]
+METHODS = ("logprobs", "cot")
+
+
+@dataclass
+class SampleSummary(RunSummary):
+    """A sample run's summary, plus the pairs it holds (all of them, resumed ones included)."""
+
+    pairs: int = 0
+    prompts_without_pairs: int = 0
+
+
+@dataclass
+class LabelSummary(RunSummary):
+    """A label run's summary, plus how its labels came out."""
+
+    labeled: int = 0
+    flagged: int = 0
+    sources: dict[str, int] | None = None
+
+
+def _bool_param(params: dict[str, Any], key: str) -> bool | None:
+    if key not in params:
+        return None
+    value = params.pop(key)
+    if isinstance(value, bool) or value is None:
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"--param {key}={value!r}: expected true or false")
+
+
+def _resolve_run(store: Store, name: str, what: str = "--from-run") -> str:
+    run_id = store.run_id_for(name)
+    if run_id is None:
+        row = store.query("SELECT run_id FROM runs WHERE run_id = ?", [name])
+        run_id = str(row[0][0]) if row else None
+    if run_id is None:
+        names = [r[0] for r in store.query("SELECT name FROM runs ORDER BY started_at")]
+        known = ", ".join(names[-10:]) or "(none)"
+        raise StoreError(f"{what} {name!r}: no run of that name in {store.path}; runs: {known}")
+    return run_id
+
+
+def _require_db(db: str | Path | Store) -> None:
+    if not isinstance(db, Store) and not Path(db).exists():
+        raise StoreError(f"database {db} does not exist")
+
+
+# --- sample ---------------------------------------------------------------------------------------
+
+
+def sample_rows(run_id: str, item: SampleItem) -> dict[str, list[dict[str, Any]]]:
+    """The rows one sampled prompt adds: prompts, samples and pairs."""
+    prompt = item.prompt
+    return {
+        "prompts": [
+            {
+                "run_id": run_id,
+                "prompt_id": prompt.prompt_id,
+                "prompt": prompt.prompt,
+                "messages": json.dumps(messages_to_dicts(prompt.messages), ensure_ascii=False),
+            }
+        ],
+        "samples": [
+            {
+                "run_id": run_id,
+                "prompt_id": prompt.prompt_id,
+                "sample_index": i,
+                "response": text,
+                "call_id": item.call_ids[i],
+                "choice_index": item.choice_indexes[i],
+            }
+            for i, text in enumerate(item.responses)
+        ],
+        "pairs": [
+            {
+                "pair_id": pair_id_for(run_id, prompt.prompt_id, a, b),
+                "run_id": run_id,
+                "prompt_id": prompt.prompt_id,
+                "index_a": a,
+                "index_b": b,
+                "response_a": item.responses[a],
+                "response_b": item.responses[b],
+                "source_run_id": item.source_run_id,
+            }
+            for a, b in item.pairs
+        ],
+    }
+
+
+def _prompts_of_run(store: Store, run_id: str, limit: int | None) -> list[PromptRecord]:
+    sql = "SELECT prompt_id, messages FROM prompts WHERE run_id = ? ORDER BY prompt_id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    records = []
+    for prompt_id, messages in store.query(sql, [run_id]):
+        parsed = json.loads(messages) if isinstance(messages, str) else messages
+        records.append(
+            PromptRecord(prompt_id=str(prompt_id), messages=[Message.model_validate(m) for m in parsed])
+        )
+    return records
+
+
+def sample(
+    prompts: str | Path | None = None,
+    *,
+    db: str | Path | Store,
+    model: str,
+    from_run: str | None = None,
+    n: int = 2,
+    temperature: float | None = 1.0,
+    pairs: str | int = "all",
+    n_supported: bool | None = None,
+    system: str | None = None,
+    seed: int = 0,
+    mode: Literal["chat", "completion"] = "chat",
+    limit: int | None = None,
+    run_name: str | None = None,
+    api_base: str | None = None,
+    params: dict[str, Any] | None = None,
+    options: RunnerOptions | None = None,
+    prompts_dir: str | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+) -> SampleSummary:
+    """Sample `n` responses per prompt from `model` and store the pairs to label.
+
+    The prompts come from a prompts file (`prompts`) or from the `prompts` table of an earlier
+    revise or sample run (`from_run`, its name or id). `n` uses the backend's `n` parameter unless
+    `n_supported=False` (or `--param n_supported=false`); a backend that returns fewer choices than
+    asked, or refuses `n`, is topped up with separate requests. `pairs` picks which pairs of the `n`
+    responses to store: "all", "adjacent" or a number drawn at random (seeded).
+    """
+    if (prompts is None) == (from_run is None):
+        raise ValueError("give either prompts (a prompts file) or from_run (a run name), not both or neither")
+    if mode not in ("chat", "completion"):
+        raise ValueError(f"--mode {mode!r}: expected chat or completion")
+    params = dict(params or {})
+    switch = _bool_param(params, "n_supported")
+    if n_supported is None:
+        n_supported = switch
+    strategy = parse_pair_strategy(pairs)
+    step = SamplePairs(n=n, temperature=temperature, pairs=strategy, n_supported=n_supported, system=system)
+    chain: Chain[SampleItem] = Chain([step])
+    with ExitStack() as stack:
+        source: PromptSource | None = None
+        source_run_id: str | None = None
+        if prompts is not None:
+            source = PromptSource.open(prompts)
+            scan = scan_prompts(source, limit)  # validate everything before writing anything
+            total, origin = scan.count, {"prompts": str(prompts), "prompts_hash": scan.content_hash}
+        else:
+            _require_db(db)
+        store = db if isinstance(db, Store) else stack.enter_context(Store(db))
+        records: list[PromptRecord] = []
+        if from_run is not None:
+            source_run_id = _resolve_run(store, from_run)
+            records = _prompts_of_run(store, source_run_id, limit)
+            if not records:
+                raise StoreError(f"--from-run {from_run!r}: that run has no prompts")
+            total, origin = len(records), {"from_run": from_run, "from_run_id": source_run_id}
+        config = {
+            "model": model,
+            "api_base": api_base,
+            "params": _public(params),
+            **origin,
+            "n": n,
+            "temperature": temperature,
+            "pairs": strategy,
+            "seed": seed,
+            "mode": mode,
+            "limit": limit,
+            "chain": chain.describe(),
+        }
+
+        def items(done: set[str]) -> Iterator[SampleItem]:
+            stream: Iterable[PromptRecord] = iter_prompts(source, limit) if source is not None else records
+            for record in stream:
+                if record.prompt_id not in done:
+                    yield SampleItem(prompt=record, source_run_id=source_run_id)
+
+        summary = run_chain(
+            chain,
+            command="sample",
+            config=config,
+            run_name=run_name or default_run_name("sample", config),
+            items=items,
+            total=total,
+            done_table="samples",
+            rows=sample_rows,
+            db=store,
+            model=model,
+            api_base=api_base,
+            params=params,
+            options=options,
+            mode=mode,
+            seed=seed,
+            few_shot=False,
+            prompts_dir=prompts_dir,
+            backend=backend,
+            progress=progress,
+        )
+        counts = store.query(
+            "SELECT (SELECT count(*) FROM pairs WHERE run_id = ?), "
+            "(SELECT count(DISTINCT s.prompt_id) FROM samples s WHERE s.run_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM pairs p WHERE p.run_id = s.run_id AND p.prompt_id = s.prompt_id))",
+            [summary.run_id, summary.run_id],
+        )[0]
+        return SampleSummary(**vars(summary), pairs=int(counts[0]), prompts_without_pairs=int(counts[1]))
+
+
+# --- label ----------------------------------------------------------------------------------------
+
+
+def label_rows(run_id: str, item: PairItem, *, model: str, method: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows one labeled pair adds: pair_labels and feedback_queries."""
+    prob_a = item.prob_a
+    return {
+        "pair_labels": [
+            {
+                "run_id": run_id,
+                "pair_id": item.pair_id,
+                "model": model,
+                "method": method,
+                "principle": ",".join(item.principles),
+                "prob_a": prob_a,
+                "prob_b": None if prob_a is None else 1.0 - prob_a,
+                "prob_a_unclamped": item.prob_a_unclamped,
+                "reasoning": item.reasoning,
+                "label_source": item.label_source,
+                "status": item.status,
+                "raw_text": item.raw_text,
+                "call_ids": item.call_ids,
+            }
+        ],
+        "feedback_queries": [
+            {"run_id": run_id, "pair_id": item.pair_id, **q.model_dump()} for q in item.queries
+        ],
+    }
+
+
+def default_label_mode(model: str, backend: Any = None) -> Literal["chat", "completion"]:
+    """Completion mode (the paper's exact prompt) for completion endpoints and scoring backends."""
+    if model.startswith("text-completion-") or getattr(backend, "can_score", False):
+        return "completion"
+    return "chat"
+
+
+def _pairs_sql(run_ids: list[str] | None) -> tuple[str, list[Any]]:
+    where = ""
+    params: list[Any] = []
+    if run_ids is not None:
+        where = f"WHERE p.run_id IN ({', '.join('?' for _ in run_ids)})"
+        params = list(run_ids)
+    sql = (
+        "SELECT p.pair_id, p.prompt_id, p.response_a, p.response_b, pr.messages "
+        "FROM pairs p JOIN prompts pr ON pr.run_id = p.run_id AND pr.prompt_id = p.prompt_id "
+        f"{where} ORDER BY p.run_id, p.prompt_id, p.index_a, p.index_b"
+    )
+    return sql, params
+
+
+def label(
+    *,
+    db: str | Path | Store,
+    model: str,
+    constitution: str | Path | Constitution = "anthropic-rl",
+    method: Method = "logprobs",
+    ensemble: int = 1,
+    swap: bool = False,
+    clamp: tuple[float, float] | None = None,
+    few_shot: bool = True,
+    votes: int = 1,
+    max_parse_retries: int = 2,
+    top_logprobs: int | None = None,
+    mode: Literal["chat", "completion"] | None = None,
+    template: str | None = None,
+    from_run: str | list[str] | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    run_name: str | None = None,
+    api_base: str | None = None,
+    params: dict[str, Any] | None = None,
+    options: RunnerOptions | None = None,
+    prompts_dir: str | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+) -> LabelSummary:
+    """Label every pair in `db` not yet labeled by this run (all sample runs, or those in `from_run`).
+
+    `method="logprobs"`: the paper's multiple-choice question; `"cot"`: chain of thought, clamped to
+    `clamp` (default (0.4, 0.6); multiple-choice labels are not clamped unless `clamp` is given).
+    `mode` defaults to completion (the paper's exact prompt) for `text-completion-*` models and
+    backends with `score_options`, chat otherwise.
+    """
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r}: expected logprobs or cot")
+    if mode is not None and mode not in ("chat", "completion"):
+        raise ValueError(f"--mode {mode!r}: expected chat or completion")
+    _require_db(db)
+    constitution_obj = (
+        constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
+    )
+    inner = backend or get_backend(model, api_base=api_base, params=params)
+    wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)
+    chosen_mode = mode or default_label_mode(model, wrapped)
+    common: dict[str, Any] = {
+        "ensemble": ensemble,
+        "swap": swap,
+        "votes": votes,
+        "max_parse_retries": max_parse_retries,
+        "top_logprobs": top_logprobs,
+        "template": template,
+    }
+    if clamp is not None:
+        common["clamp"] = clamp
+    step: LabelMC | LabelCoT = (
+        LabelMC(constitution_obj, **common) if method == "logprobs" else LabelCoT(constitution_obj, **common)
+    )
+    chain: Chain[PairItem] = Chain([step])
+    runs = [from_run] if isinstance(from_run, str) else from_run
+    with ExitStack() as stack:
+        store = db if isinstance(db, Store) else stack.enter_context(Store(db))
+        run_ids = [_resolve_run(store, r) for r in runs] if runs is not None else None
+        sql, sql_params = _pairs_sql(run_ids)
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
+        config = {
+            "model": model,
+            "api_base": api_base,
+            "params": _public(params or {}),
+            "constitution": constitution_obj.name,
+            "constitution_hash": constitution_obj.content_hash(),
+            "method": method,
+            "mode": chosen_mode,
+            "few_shot": few_shot,
+            "seed": seed,
+            "from_run": runs,
+            "from_run_ids": run_ids,
+            "limit": limit,
+            "scores": wrapped.can_score,
+            "chain": chain.describe(),
+        }
+        name = run_name or default_run_name("label", config)
+
+        def items(done: set[str]) -> Iterator[PairItem]:
+            for row in store.iter_dicts(sql, sql_params):
+                if row["pair_id"] not in done:
+                    yield new_pair(row)
+
+        summary = run_chain(
+            chain,
+            command="label",
+            config=config,
+            run_name=name,
+            items=items,
+            total=total,
+            done_table="pair_labels",
+            done_column="pair_id",
+            item_id=lambda item: item.pair_id,
+            rows=functools.partial(label_rows, model=model, method=method),
+            db=store,
+            model=model,
+            api_base=api_base,
+            params=params,
+            options=options,
+            mode=chosen_mode,
+            seed=seed,
+            few_shot=few_shot,
+            prompts_dir=prompts_dir,
+            backend=wrapped,
+            progress=progress,
+        )
+        stats = store.query(
+            "SELECT status, coalesce(label_source, ''), count(*) FROM pair_labels WHERE run_id = ? "
+            "GROUP BY ALL",
+            [summary.run_id],
+        )
+        labeled = sum(int(c) for s, _, c in stats if s == "ok")
+        flagged = sum(int(c) for s, _, c in stats if s != "ok")
+        sources = {str(src): int(c) for s, src, c in stats if s == "ok"}
+        return LabelSummary(**vars(summary), labeled=labeled, flagged=flagged, sources=sources)
+
+
+__all__ = [
+    "METHODS",
+    "LabelSummary",
+    "SampleSummary",
+    "default_label_mode",
+    "label",
+    "label_rows",
+    "sample",
+    "sample_rows",
+]

@@ -1,0 +1,750 @@
+"""RL-CAI steps: `SamplePairs` (responses to compare), `LabelMC` and `LabelCoT` (AI-feedback labels).
+
+`SamplePairs` asks the policy for N responses per prompt (the backend's `n` when it has one, separate
+requests otherwise; `sample_index` keeps the request cache from collapsing them) and pairs them up.
+
+`LabelMC` and `LabelCoT` label one pair: a feedback principle is drawn per comparison (seeded, with
+replacement; `ensemble=K` draws K and averages), the question is asked (and with `swap=True` asked
+again with the options swapped, cancelling position bias), and the soft label is read from, in order
+of preference, the backend's exact `score_options`, the top log-probabilities at the answer, or the
+parsed text (`votes=k` samples and counts instead). Where the answer came from is recorded as
+`label_source` (`scores` | `logprobs` | `vote` | `parsed`). An answer that cannot be read is retried
+with a new `sample_index` and, if it still cannot, the pair is flagged `status='unparsed'` with the
+raw text: nothing is dropped, nothing becomes a silent 0.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from charter.backends.base import Backend, BackendError, Completion, CompletionRequest, TokenLogprob
+from charter.constitution import Constitution, Principle, load_constitution
+from charter.labels import (
+    clamp,
+    fill_cot_example,
+    option_probs,
+    parse_answer,
+    parse_transcript,
+    split_cot_example,
+)
+from charter.prompts import RenderedPrompt
+from charter.records import PromptRecord, messages_to_dicts
+from charter.runner import CallFailed, CallResult
+from charter.steps.base import Step, StepContext
+
+LabelSource = Literal["scores", "logprobs", "vote", "parsed"]
+# Weakest evidence wins when a label combines several answers.
+_SOURCE_RANK: dict[str, int] = {"scores": 0, "logprobs": 1, "vote": 2, "parsed": 3}
+SCORE_PARAM = "score_options"
+SCORE_OPTIONS = [" (A)", " (B)"]
+PairStrategy = str  # "all" | "adjacent" | a number of pairs drawn at random
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+
+class SampleItem(BaseModel):
+    """One prompt being sampled: its responses and the pairs made from them."""
+
+    prompt: PromptRecord
+    source_run_id: str | None = None
+    responses: list[str] = Field(default_factory=list)
+    call_ids: list[str] = Field(default_factory=list)
+    choice_indexes: list[int] = Field(default_factory=list)
+    pairs: list[tuple[int, int]] = Field(default_factory=list)
+
+
+def pair_id_for(run_id: str, prompt_id: str, index_a: int, index_b: int) -> str:
+    """A stable id for a pair: the same sample run, prompt and indexes give the same id."""
+    return hashlib.sha256(f"{run_id}\x1f{prompt_id}\x1f{index_a}\x1f{index_b}".encode()).hexdigest()[:20]
+
+
+def choose_pairs(responses: list[str], strategy: PairStrategy, rng: Any) -> list[tuple[int, int]]:
+    """Index pairs to compare. Identical responses are compared once at most (by first occurrence).
+
+    `all`: every pair; `adjacent`: (0,1), (1,2), ...; a number K: K pairs drawn at random (seeded)
+    from all of them.
+    """
+    distinct: list[int] = []
+    seen: set[str] = set()
+    for i, text in enumerate(responses):
+        if text not in seen:
+            seen.add(text)
+            distinct.append(i)
+    every = list(itertools.combinations(distinct, 2))
+    if strategy == "all":
+        return every
+    if strategy == "adjacent":
+        return list(itertools.pairwise(distinct))
+    k = parse_pair_strategy(strategy)
+    assert isinstance(k, int)
+    if k >= len(every):
+        return every
+    return sorted(rng.sample(every, k))
+
+
+def parse_pair_strategy(value: str | int) -> str | int:
+    """Validate `--pairs`: all, adjacent or a positive number."""
+    text = str(value).strip()
+    if text in ("all", "adjacent"):
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise ValueError(f"--pairs {value!r}: expected all, adjacent or a number of pairs") from None
+    if k < 1:
+        raise ValueError(f"--pairs {value!r}: the number of pairs must be at least 1")
+    return k
+
+
+def _fallback_ok(exc: CallFailed) -> bool:
+    # A request the backend refuses outright (400/422, litellm's UnsupportedParamsError) may work
+    # without the parameter; anything retryable or an auth problem would fail the same way.
+    cause = exc.__cause__
+    return isinstance(cause, BackendError) and not cause.retryable and cause.status in (None, 400, 422)
+
+
+@dataclass
+class _Draw:
+    text: str
+    call_id: str
+    choice_index: int
+
+
+class _NSampler:
+    """Draw k samples of one request: one call with `n=k` where the backend honours it, else k calls.
+
+    Separate calls carry `sample_index` 0..k-1, so the request cache keeps every sample; a call with
+    `n` that comes back with fewer choices is topped up with separate calls. Once the backend has
+    shown it ignores or refuses `n`, later prompts go straight to separate calls.
+    """
+
+    def __init__(self, n_supported: bool | None = None) -> None:
+        self.n_supported = n_supported
+        self._learned: bool | None = None
+
+    async def draw(
+        self, ctx: StepContext, step: str, rendered: RenderedPrompt, k: int, **params: Any
+    ) -> list[_Draw]:
+        draws: list[_Draw] = []
+        use_n = k > 1 and self.n_supported is not False and self._learned is not False
+        if use_n:
+            try:
+                result = await ctx.complete(step, rendered, n=k, **params)
+            except CallFailed as exc:
+                if self.n_supported is True or not _fallback_ok(exc):
+                    raise
+                self._learned = False
+            else:
+                texts = result.completion.texts[:k]
+                draws.extend(_Draw(t, result.call_id, i) for i, t in enumerate(texts))
+                if len(texts) < k and self.n_supported is None:
+                    self._learned = False
+        while len(draws) < k:
+            result = await ctx.complete(step, rendered, sample_index=len(draws), **params)
+            draws.append(_Draw(result.completion.text, result.call_id, 0))
+        return draws
+
+
+class SamplePairs(Step[SampleItem]):
+    """N responses per prompt from the policy (`respond-chat` / `respond-completion`), then pairs."""
+
+    name = "sample"
+
+    def __init__(
+        self,
+        n: int = 2,
+        temperature: float | None = 1.0,
+        pairs: PairStrategy | int = "all",
+        n_supported: bool | None = None,
+        system: str | None = None,
+    ) -> None:
+        if n < 2:
+            raise ValueError(f"n must be at least 2 to make pairs, got {n}")
+        self.n = n
+        self.temperature = temperature
+        self.pairs = str(parse_pair_strategy(pairs))
+        self.system = system
+        self._sampler = _NSampler(n_supported)
+
+    async def run(self, state: SampleItem, ctx: StepContext) -> SampleItem:
+        conversation = messages_to_dicts(state.prompt.messages)
+        if ctx.mode == "chat":
+            rendered = ctx.prompt("respond-chat").render(conversation=conversation, system=self.system)
+        else:
+            rendered = ctx.prompt("respond-completion").render(conversation=conversation, few_shot="")
+        params = {} if self.temperature is None else {"temperature": self.temperature}
+        draws = await self._sampler.draw(ctx, self.name, rendered, self.n, **params)
+        state.responses = [d.text.strip() for d in draws]
+        state.call_ids = [d.call_id for d in draws]
+        state.choice_indexes = [d.choice_index for d in draws]
+        state.pairs = choose_pairs(state.responses, self.pairs, ctx.rng(state.prompt.prompt_id, "pairs"))
+        return state
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "step": self.name,
+            "n": self.n,
+            "temperature": self.temperature,
+            "pairs": self.pairs,
+            "n_supported": self._sampler.n_supported,
+            "system": self.system,
+        }
+
+
+# --- labeling -------------------------------------------------------------------------------------
+
+
+class FeedbackQuery(BaseModel):
+    """One question put to the feedback model (one attempt or vote), as stored in `feedback_queries`."""
+
+    member: int
+    principle: str
+    swapped: bool
+    kind: str  # mc | cot | vote
+    attempt: int
+    call_id: str | None = None
+    reasoning_call_id: str | None = None
+    text: str | None = None
+    answer: str | None = None  # the option as presented, A or B
+    prob_a: float | None = None  # P(the pair's response_a), whatever the presented order
+    label_source: str | None = None
+
+
+class PairItem(BaseModel):
+    """One pair being labeled, and its label once done."""
+
+    pair_id: str
+    prompt: PromptRecord
+    response_a: str
+    response_b: str
+    principles: list[str] = Field(default_factory=list)
+    prob_a: float | None = None
+    prob_a_unclamped: float | None = None
+    reasoning: str | None = None
+    label_source: str | None = None
+    status: str = "pending"
+    raw_text: str | None = None
+    queries: list[FeedbackQuery] = Field(default_factory=list)
+
+    @property
+    def call_ids(self) -> list[str]:
+        """Every call behind the label (reasoning and answer calls, in query order)."""
+        ids: list[str] = []
+        for q in self.queries:
+            for cid in (q.reasoning_call_id, q.call_id):
+                if cid and cid not in ids:
+                    ids.append(cid)
+        return ids
+
+
+@dataclass
+class _Answer:
+    """What one (member, order) query concluded."""
+
+    ok: bool
+    prob_a: float | None = None  # in the presented order
+    source: str | None = None
+    reasoning: str | None = None
+    queries: list[FeedbackQuery] = field(default_factory=list)
+
+
+class ScoringBackend:
+    """Routes `score_options` through the runner like any call (cached, retried, stored in `calls`).
+
+    A request whose params carry `score_options: [...]` is answered by the wrapped backend's
+    `score_options(prompt, options)`, returned as a one-token completion whose top log-probabilities
+    are the exact option scores; everything else goes to the wrapped backend unchanged.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.can_score = callable(getattr(inner, "score_options", None))
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        options = request.params.get(SCORE_PARAM)
+        if options is None:
+            return await self.inner.complete(request)
+        if not self.can_score or request.prompt is None:
+            raise BackendError("this backend cannot score options", retryable=False)
+        started = time.perf_counter()
+        scores = await self.inner.score_options(request.prompt, list(options))  # type: ignore[attr-defined]
+        best = max(range(len(options)), key=lambda i: scores[i])
+        top = {str(o): float(s) for o, s in zip(options, scores, strict=True)}
+        return Completion(
+            texts=[str(options[best])],
+            logprobs=[[TokenLogprob(token=str(options[best]), logprob=float(scores[best]), top=top)]],
+            finish_reasons=["stop"],
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _defaults(ctx: StepContext, values: dict[str, Any]) -> dict[str, Any]:
+    """Step defaults that the user's own --param values override."""
+    return {k: v for k, v in values.items() if k not in ctx.params}
+
+
+class _Labeler(Step[PairItem]):
+    """What LabelMC and LabelCoT share: principle draws, few-shot, swap, ensemble, aggregation."""
+
+    method = "label"
+
+    def __init__(
+        self,
+        constitution: Constitution | str = "anthropic-rl",
+        *,
+        ensemble: int = 1,
+        swap: bool = False,
+        clamp: tuple[float, float] | None = None,
+        votes: int = 1,
+        max_parse_retries: int = 2,
+        top_logprobs: int | None = None,
+        template: str | None = None,
+    ) -> None:
+        self.constitution = load_constitution(constitution) if isinstance(constitution, str) else constitution
+        if not self.constitution.feedback_principles:
+            raise ValueError(f"constitution {self.constitution.name} has no feedback principles")
+        if ensemble < 1:
+            raise ValueError("ensemble must be >= 1")
+        if votes < 1:
+            raise ValueError("votes must be >= 1")
+        if max_parse_retries < 0:
+            raise ValueError("max_parse_retries must be >= 0")
+        if clamp is not None and not 0 <= clamp[0] <= clamp[1] <= 1:
+            raise ValueError(f"clamp {clamp}: need 0 <= low <= high <= 1")
+        self.ensemble = ensemble
+        self.swap = swap
+        self.clamp = clamp
+        self.votes = votes
+        self.max_parse_retries = max_parse_retries
+        self.top_logprobs = top_logprobs
+        self.template = template
+        self._vote_sampler = _NSampler()
+        self._no_logprobs = False
+
+    # -- what subclasses provide --------------------------------------------------------------
+    def template_name(self, mode: str) -> str:
+        raise NotImplementedError
+
+    def few_shot(self, ctx: StepContext, rng: Any) -> Any:
+        raise NotImplementedError
+
+    async def ask(
+        self,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        ctx: StepContext,
+    ) -> _Answer:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def _template(self, ctx: StepContext) -> str:
+        return self.template or self.template_name(ctx.mode)
+
+    def _render(
+        self,
+        ctx: StepContext,
+        item: PairItem,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        **extra: Any,
+    ) -> RenderedPrompt:
+        responses = [item.response_b, item.response_a] if swapped else [item.response_a, item.response_b]
+        return ctx.prompt(self._template(ctx)).render(
+            conversation=messages_to_dicts(item.prompt.messages),
+            principle=principle.feedback,
+            responses=responses,
+            few_shot=few_shot,
+            **extra,
+        )
+
+    def _logprob_params(self, ctx: StepContext, mode: str) -> dict[str, Any]:
+        if self._no_logprobs:
+            return {}
+        if mode == "chat":
+            return _defaults(ctx, {"logprobs": True, "top_logprobs": self.top_logprobs or 20})
+        return _defaults(ctx, {"logprobs": self.top_logprobs or 5})
+
+    def _can_score(self, ctx: StepContext, rendered: RenderedPrompt) -> bool:
+        return rendered.mode == "completion" and bool(getattr(ctx.runner.backend, "can_score", False))
+
+    async def _read(
+        self, ctx: StepContext, step: str, rendered: RenderedPrompt, attempt: int, **params: Any
+    ) -> tuple[CallResult, float | None, str | None, str | None]:
+        """Ask for the answer to `rendered` and read it: (call, P(A) as presented, source, answer letter)."""
+        if self._can_score(ctx, rendered):
+            scoring: dict[str, Any] = {SCORE_PARAM: SCORE_OPTIONS}
+            result = await ctx.runner.call(step, ctx.request(rendered, **scoring))
+            read = option_probs(result.completion.logprobs[0]) if result.completion.logprobs else None
+            if read is not None:
+                return result, read.prob_a, "scores", "A" if read.prob_a >= 0.5 else "B"
+        wanted = {**self._logprob_params(ctx, rendered.mode), **params}
+        try:
+            result = await ctx.complete(step, rendered, sample_index=attempt, **wanted)
+        except CallFailed as exc:
+            # A backend that refuses log-probability parameters: ask again without them (parsed path).
+            if self._no_logprobs or not _fallback_ok(exc) or not self._logprob_params(ctx, rendered.mode):
+                raise
+            self._no_logprobs = True
+            wanted = {k: v for k, v in wanted.items() if k not in ("logprobs", "top_logprobs")}
+            result = await ctx.complete(step, rendered, sample_index=attempt, **wanted)
+        completion = result.completion
+        if completion.logprobs and completion.logprobs[0]:
+            read = option_probs(completion.logprobs[0])
+            if read is not None:
+                return result, read.prob_a, "logprobs", "A" if read.prob_a >= 0.5 else "B"
+        answer = parse_answer(completion.text)
+        if answer is None:
+            return result, None, None, None
+        return result, (1.0 if answer == "A" else 0.0), "parsed", answer
+
+    def _retry_params(self, ctx: StepContext, attempt: int, base: dict[str, Any]) -> dict[str, Any]:
+        # A retry must be able to come out differently: sample it unless the user fixed a temperature.
+        if attempt > 0 and "temperature" not in ctx.params:
+            return {**base, "temperature": 1.0}
+        return base
+
+    async def run(self, state: PairItem, ctx: StepContext) -> PairItem:
+        rng = ctx.rng(state.pair_id, "principles")
+        principles = self.constitution.sample(rng, k=self.ensemble, kind="feedback")
+        orders = [False, True] if self.swap else [False]
+        jobs = []
+        for member, principle in enumerate(principles):
+            few_shot = (
+                self.few_shot(ctx, ctx.rng(state.pair_id, f"few-shot:{member}")) if ctx.few_shot else None
+            )
+            for swapped in orders:
+                jobs.append((member, principle, swapped, few_shot))
+        answers = await asyncio.gather(*(self.ask(state, m, p, s, fs, ctx) for m, p, s, fs in jobs))
+        state.principles = [p.name for p in principles]
+        state.queries = [q for a in answers for q in a.queries]
+        texts = [q.text for q in state.queries if q.text is not None]
+        reasonings = []
+        for (_, principle, swapped, _), answer in zip(jobs, answers, strict=True):
+            if answer.reasoning is not None:
+                head = f"[{principle.name}{', options swapped' if swapped else ''}] " if len(jobs) > 1 else ""
+                reasonings.append(head + answer.reasoning)
+        state.reasoning = "\n\n".join(reasonings) if reasonings else None
+        if not all(a.ok for a in answers):
+            state.status = "unparsed"
+            state.raw_text = "\n\n".join(texts)
+            state.label_source = None
+            return state
+        probs = []  # P(response_a) per query, in the pair's own order
+        for (_, _, swapped, _), answer in zip(jobs, answers, strict=True):
+            assert answer.prob_a is not None
+            probs.append(1.0 - answer.prob_a if swapped else answer.prob_a)
+        state.prob_a_unclamped = sum(probs) / len(probs)
+        state.prob_a = sum(clamp(p, self.clamp) for p in probs) / len(probs)
+        state.label_source = max((a.source or "parsed" for a in answers), key=_SOURCE_RANK.__getitem__)
+        state.status = "ok"
+        state.raw_text = "\n\n".join(texts) if texts else None
+        return state
+
+    def _query(
+        self,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        kind: str,
+        attempt: int,
+        result: CallResult | None,
+        answer: str | None,
+        prob_a: float | None,
+        source: str | None,
+        reasoning_call: CallResult | None = None,
+    ) -> FeedbackQuery:
+        return FeedbackQuery(
+            member=member,
+            principle=principle.name,
+            swapped=swapped,
+            kind=kind,
+            attempt=attempt,
+            call_id=result.call_id if result else None,
+            reasoning_call_id=reasoning_call.call_id if reasoning_call else None,
+            text=result.completion.text if result else None,
+            answer=answer,
+            prob_a=None if prob_a is None else (1.0 - prob_a if swapped else prob_a),
+            label_source=source,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "step": self.name,
+            "method": self.method,
+            "constitution": self.constitution.name,
+            "constitution_hash": self.constitution.content_hash(),
+            "ensemble": self.ensemble,
+            "swap": self.swap,
+            "clamp": list(self.clamp) if self.clamp else None,
+            "votes": self.votes,
+            "max_parse_retries": self.max_parse_retries,
+            "top_logprobs": self.top_logprobs,
+            "template": self.template,
+        }
+
+
+def _vote(letters: list[str | None]) -> float | None:
+    a = letters.count("A")
+    b = letters.count("B")
+    return a / (a + b) if a + b else None
+
+
+class LabelMC(_Labeler):
+    """The paper's multiple-choice label: P(" (A)") vs P(" (B)") after "The answer is:".
+
+    Completion mode uses `label-mc-paper` (byte for byte the paper's prompt), chat mode
+    `label-mc-chat`. Few-shot: the constitution's multiple-choice examples, each with its own drawn
+    principle and a seeded choice of which option is the better one.
+    """
+
+    name = "label_mc"
+    method = "logprobs"
+
+    def template_name(self, mode: str) -> str:
+        return "label-mc-paper" if mode == "completion" else "label-mc-chat"
+
+    def few_shot(self, ctx: StepContext, rng: Any) -> list[dict[str, Any]] | None:
+        examples = self.constitution.few_shot.multiple_choice
+        if not examples:
+            return None
+        out = []
+        for ex in examples:
+            principle = self.constitution.sample(rng, k=1, kind="feedback")[0]
+            chosen_first = rng.random() < 0.5
+            out.append(
+                {
+                    "conversation": parse_transcript(ex.conversation),
+                    "principle": principle.feedback,
+                    "responses": [ex.chosen, ex.rejected] if chosen_first else [ex.rejected, ex.chosen],
+                    "answer": "A" if chosen_first else "B",
+                }
+            )
+        return out
+
+    async def ask(
+        self,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        ctx: StepContext,
+    ) -> _Answer:
+        rendered = self._render(ctx, item, principle, swapped, few_shot)
+        queries: list[FeedbackQuery] = []
+        base = _defaults(ctx, {"max_tokens": 8, "temperature": 0.0})
+        for attempt in range(self.max_parse_retries + 1):
+            result, prob_a, source, answer = await self._read(
+                ctx, "label", rendered, attempt, **self._retry_params(ctx, attempt, base)
+            )
+            queries.append(
+                self._query(member, principle, swapped, "mc", attempt, result, answer, prob_a, source)
+            )
+            if source == "parsed" and self.votes > 1:
+                return await self._votes(ctx, rendered, member, principle, swapped, queries)
+            if prob_a is not None:
+                return _Answer(True, prob_a, source, None, queries)
+        return _Answer(False, queries=queries)
+
+    async def _votes(
+        self,
+        ctx: StepContext,
+        rendered: RenderedPrompt,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        queries: list[FeedbackQuery],
+    ) -> _Answer:
+        params = _defaults(ctx, {"max_tokens": 8, "temperature": 1.0})
+        draws = await self._vote_sampler.draw(ctx, "label_vote", rendered, self.votes, **params)
+        letters: list[str | None] = []
+        for j, d in enumerate(draws):
+            letter = parse_answer(d.text)
+            letters.append(letter)
+            queries.append(
+                FeedbackQuery(
+                    member=member,
+                    principle=principle.name,
+                    swapped=swapped,
+                    kind="vote",
+                    attempt=j,
+                    call_id=d.call_id,
+                    text=d.text,
+                    answer=letter,
+                    prob_a=None if letter is None else float((letter == "A") != swapped),
+                    label_source="vote",
+                )
+            )
+        prob_a = _vote(letters)
+        return _Answer(prob_a is not None, prob_a, "vote", None, queries)
+
+
+class LabelCoT(_Labeler):
+    """Chain-of-thought label: "Let's think step by step:", then P(A)/P(B) after "So the answer is:".
+
+    The reasoning is one call; the answer is a second call with the reasoning appended, read from
+    log-probabilities (or exact scores) where the backend gives them, else parsed from its text (or
+    from the reasoning). Probabilities are clamped (the paper: [0.4, 0.6]).
+    """
+
+    name = "label_cot"
+    method = "cot"
+
+    def __init__(self, constitution: Constitution | str = "anthropic-rl", **kwargs: Any) -> None:
+        kwargs.setdefault("clamp", (0.4, 0.6))
+        super().__init__(constitution, **kwargs)
+
+    def template_name(self, mode: str) -> str:
+        return "label-cot-paper" if mode == "completion" else "label-cot-chat"
+
+    def few_shot(self, ctx: StepContext, rng: Any) -> list[Any] | None:
+        examples = self.constitution.few_shot.chain_of_thought
+        if not examples:
+            return None
+        principles = [self.constitution.sample(rng, k=1, kind="feedback")[0] for _ in examples]
+        if ctx.mode == "completion":
+            return [
+                fill_cot_example(ex, p.feedback or "") for ex, p in zip(examples, principles, strict=True)
+            ]
+        out = []
+        for ex, p in zip(examples, principles, strict=True):
+            parts = split_cot_example(ex)
+            out.append(
+                {
+                    "conversation": parts.conversation,
+                    "principle": p.feedback,
+                    "responses": parts.responses,
+                    "reasoning": parts.reasoning,
+                    "answer": parts.answer,
+                }
+            )
+        return out
+
+    async def _reason_and_answer(
+        self,
+        ctx: StepContext,
+        item: PairItem,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        sample_index: int,
+        reasoning_params: dict[str, Any],
+    ) -> tuple[CallResult, str, CallResult, float | None, str | None, str | None]:
+        question = self._render(ctx, item, principle, swapped, few_shot, reasoning=None)
+        thought = await ctx.complete(
+            "label_reasoning", question, sample_index=sample_index, **reasoning_params
+        )
+        reasoning = thought.completion.text.strip()
+        follow_up = self._render(ctx, item, principle, swapped, few_shot, reasoning=reasoning)
+        answer_params = _defaults(ctx, {"max_tokens": 8, "temperature": 0.0})
+        result, prob_a, source, answer = await self._read(ctx, "label_answer", follow_up, 0, **answer_params)
+        if prob_a is None or source == "parsed":
+            # The answer call said nothing usable (or no log-probabilities): the reasoning may say it.
+            from_reasoning = parse_answer(reasoning) if prob_a is None else None
+            if from_reasoning is not None:
+                prob_a, source, answer = (1.0 if from_reasoning == "A" else 0.0), "parsed", from_reasoning
+        return thought, reasoning, result, prob_a, source, answer
+
+    async def ask(
+        self,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        ctx: StepContext,
+    ) -> _Answer:
+        queries: list[FeedbackQuery] = []
+        base = _defaults(ctx, {"max_tokens": 512})
+        for attempt in range(self.max_parse_retries + 1):
+            params = self._retry_params(ctx, attempt, base)
+            thought, reasoning, result, prob_a, source, answer = await self._reason_and_answer(
+                ctx, item, principle, swapped, few_shot, attempt, params
+            )
+            queries.append(
+                self._query(
+                    member, principle, swapped, "cot", attempt, result, answer, prob_a, source, thought
+                )
+            )
+            if source == "parsed" and self.votes > 1:
+                return await self._votes(
+                    ctx, item, member, principle, swapped, few_shot, queries, reasoning, prob_a
+                )
+            if prob_a is not None:
+                return _Answer(True, prob_a, source, reasoning, queries)
+        return _Answer(False, queries=queries)
+
+    async def _votes(
+        self,
+        ctx: StepContext,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        queries: list[FeedbackQuery],
+        first_reasoning: str,
+        first_prob: float | None,
+    ) -> _Answer:
+        # The first chain of thought counts as vote 0; votes-1 more are sampled (sample_index 1000+j
+        # keeps them apart from the retries' indexes).
+        params = _defaults(ctx, {"max_tokens": 512, "temperature": 1.0})
+        letters: list[str | None] = [None if first_prob is None else ("A" if first_prob >= 0.5 else "B")]
+        for j in range(1, self.votes):
+            thought, _, result, prob_a, _, _ = await self._reason_and_answer(
+                ctx, item, principle, swapped, few_shot, 1000 + j, params
+            )
+            letter = None if prob_a is None else ("A" if prob_a >= 0.5 else "B")
+            letters.append(letter)
+            queries.append(
+                self._query(member, principle, swapped, "vote", j, result, letter, prob_a, "vote", thought)
+            )
+        prob_a = _vote(letters)
+        return _Answer(prob_a is not None, prob_a, "vote", first_reasoning, queries)
+
+
+def new_pair(row: dict[str, Any]) -> PairItem:
+    """The labeling state for one stored pair (a row of pairs joined with prompts)."""
+    import json
+
+    messages = row["messages"]
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    return PairItem(
+        pair_id=row["pair_id"],
+        prompt=PromptRecord(prompt_id=row["prompt_id"], messages=messages),
+        response_a=row["response_a"],
+        response_b=row["response_b"],
+    )
+
+
+__all__ = [
+    "FeedbackQuery",
+    "LabelCoT",
+    "LabelMC",
+    "PairItem",
+    "SampleItem",
+    "SamplePairs",
+    "ScoringBackend",
+    "choose_pairs",
+    "new_pair",
+    "pair_id_for",
+]
