@@ -7,6 +7,9 @@ returns a JSON-safe metrics dict::
     from charter_trl import SFTOptions, train_sft
     metrics = train_sft(rows, "Qwen/Qwen2.5-0.5B-Instruct", "out/sft", SFTOptions(max_steps=100))
 
+`run_training(kind, db=..., model=..., out=..., **options)` does the same from a charter database
+and records the run in `training_runs` (what `charter train` calls); `run_demo` is `charter demo`.
+
 Names are imported lazily: `import charter_trl` (and the options) stay cheap, and torch/TRL load
 on first use of a trainer.
 """
@@ -20,10 +23,12 @@ from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOpt
 
 if TYPE_CHECKING:
     from .common import ModelLoadError
+    from .demo import run_demo
     from .dpo import train_dpo
     from .ppo import train_ppo
     from .reward import score, soft_label_loss, train_reward
     from .sft import train_sft
+    from .training import TrainingFailed, run_training
 
 _LAZY = {
     "ModelLoadError": "common",
@@ -33,6 +38,9 @@ _LAZY = {
     "score": "reward",
     "train_ppo": "ppo",
     "train_dpo": "dpo",
+    "run_training": "training",
+    "TrainingFailed": "training",
+    "run_demo": "demo",
 }
 
 __all__ = [
@@ -42,6 +50,9 @@ __all__ = [
     "RewardOptions",
     "SFTOptions",
     "TrainOptions",
+    "TrainingFailed",
+    "run_demo",
+    "run_training",
     "score",
     "soft_label_loss",
     "train_dpo",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from .common import (
@@ -38,11 +39,14 @@ def train_dpo(
     model: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     config: DPOOptions | None = None,
+    *,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Train `model` with DPO on preference pairs and write model + tokenizer to `out_dir`.
 
     `pairs` have the shape `train_reward` takes; `chosen_prob` only filters (pairs below
     `min_chosen_prob` are dropped). The reference model is loaded explicitly from the same path.
+    `callbacks` are passed to the TRL trainer.
     Returns JSON-safe metrics: `final_loss`, `train_rows`, `dropped_rows`, `final_reward_accuracy`,
     `final_reward_margin`, ...
     """
@@ -71,6 +75,7 @@ def train_dpo(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
+        callbacks=list(callbacks or []),
     )
     result = trainer.train()
     save_trained(trainer, out_dir)

@@ -1,7 +1,7 @@
-"""The `charter` entry point of charter-trl: registers the trainers by kind.
+"""The `charter` entry point of charter-trl: the trainers by kind, and the `train` and `demo` commands.
 
 The trainers are wrapped so that loading the plugin (which `charter --help` does) does not import
-torch or TRL; they load on the first call.
+torch or TRL; they load on the first call. The commands import only typer until they run.
 """
 
 from __future__ import annotations
@@ -29,3 +29,11 @@ def register_trainers(register: Callable[[str, Any], None]) -> None:
     """Register `sft`, `reward`, `ppo` and `dpo`."""
     for kind, name in TRAINERS.items():
         register(kind, _lazy(kind, name))
+
+
+@hookimpl
+def register_commands(app: Any) -> None:
+    """Add `charter train sft|reward|ppo|dpo` and `charter demo`."""
+    from charter_trl.cli import register
+
+    register(app)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, cast
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .common import (
     Conversation,
@@ -187,6 +187,7 @@ def train_ppo(
     config: PPOOptions | None = None,
     *,
     eval_prompts: Iterable[Any] | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """PPO-train `policy_model` (normally the SFT model) against a reward model from `train_reward`.
 
@@ -197,7 +198,7 @@ def train_ppo(
     (default: a held-out slice of `prompts`) are generated and scored before and after training.
     Returns JSON-safe metrics including `mean_reward_before`, `mean_reward_after`, `samples_before`
     and `samples_after` (lists of `{prompt_id, prompt, response, reward}`; `prompt_id` is None
-    unless given).
+    unless given). `callbacks` are passed to the TRL trainer.
     """
     options = config or PPOOptions()
     validate_extra(PPOConfig, options.extra)  # fail before any loading or writing
@@ -288,6 +289,7 @@ def train_ppo(
             value_model=value_model,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
+            callbacks=list(callbacks or []),
         )
         trainer.train()
     finally:

@@ -17,7 +17,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
@@ -228,6 +228,8 @@ def train_reward(
     model: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     config: RewardOptions | None = None,
+    *,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Train a reward (preference) model from a causal LM checkpoint; write it and its tokenizer.
 
@@ -235,7 +237,7 @@ def train_reward(
     (the `preference_pairs` view; strings are accepted as single turns). Returns JSON-safe metrics:
     `final_loss`, `train_rows`, `eval_rows`, `eval_accuracy` (r_chosen > r_rejected on held-out
     pairs), `eval_soft_ce`, `eval_ece` (calibration of σ(r_c - r_r) against `chosen_prob`),
-    `eval_brier`, ...
+    `eval_brier`, ... `callbacks` are passed to the TRL trainer.
     """
     options = config or RewardOptions()
     validate_extra(RewardConfig, options.extra)  # fail before any loading or writing
@@ -262,6 +264,7 @@ def train_reward(
             pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
         ),
         hard_labels=options.hard_labels,
+        callbacks=list(callbacks or []),
     )
     kept = len(cast(Dataset, trainer.train_dataset))  # RewardTrainer drops pairs longer than max_length
     result = trainer.train()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
@@ -130,11 +130,13 @@ def train_sft(
     config: SFTOptions | None = None,
     *,
     mix_rows: Iterable[Mapping[str, Any]] | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a path or hub id) on chat rows and write model + tokenizer to `out_dir`.
 
     `rows` are `{"messages": [{role, content}, ...]}` (the `sft_examples` view or the trl export).
     `mix_rows` (e.g. the user's own chat data, same shape) are added and shuffled in with the seed.
+    `callbacks` are passed to the TRL trainer (e.g. to record the start of training).
     Returns JSON-safe metrics: `final_loss`, `train_rows`, `loss_mode` (and `loss_note` when the
     tokenizer forced a fallback), `steps`, ...
     """
@@ -174,6 +176,7 @@ def train_sft(
         args=args,
         train_dataset=_dataset(all_rows, mode),
         processing_class=tokenizer,
+        callbacks=list(callbacks or []),
     )
     result = trainer.train()
     save_trained(trainer, out_dir)

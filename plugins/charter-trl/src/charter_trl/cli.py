@@ -1,0 +1,257 @@
+"""`charter train sft|reward|ppo|dpo` and `charter demo`, added to the CLI by `charter_trl.plugin`.
+
+Kept import-light: torch, transformers and TRL load only when a command runs, so `charter --help`
+stays fast. Each command is a thin layer over `charter_trl.run_training` / `charter_trl.demo.run_demo`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from charter.cli import common
+
+train_app = typer.Typer(
+    name="train",
+    help="Train on the database's data with TRL (charter-trl): sft, reward, ppo, dpo.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+DbOpt = typer.Option(..., "--db", help="DuckDB file with the training data (read; the run is recorded).")
+TrainModelOpt = typer.Option(
+    ..., "--model", "-m", help="Base model: a local directory or Hugging Face hub id (local/ optional)."
+)
+OutOpt = typer.Option(..., "--out", help="Directory to write the trained model and tokenizer to.")
+RunOpt = typer.Option(None, "--run", help="Only rows of this run (its name or id in `runs`).")
+WhereOpt = typer.Option(None, "--where", help="Extra SQL condition on the source view's columns.")
+MaxStepsOpt = typer.Option(None, "--max-steps", help="Optimizer steps (default: one epoch).")
+BatchSizeOpt = typer.Option(None, "--batch-size", help="Per-device batch size (default 8).")
+LearningRateOpt = typer.Option(None, "--learning-rate", help="Learning rate (default: TRL's).")
+SeedOpt = typer.Option(0, "--seed", help="Seed for data order, initialisation and sampling.")
+TrainParamOpt = typer.Option(
+    None,
+    "--param",
+    help="key=value for any charter option or TRL config field (JSON values parsed). Repeatable.",
+)
+
+
+def _env() -> None:
+    # Before anything imports transformers/TRL: no telemetry, and no tokenizer thread warnings.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "n/a" if value is None else str(value)
+
+
+def _highlights(kind: str, metrics: dict[str, Any]) -> str:
+    keys = {
+        "sft": ("final_loss", "loss_mode"),
+        "reward": ("final_loss", "eval_accuracy", "eval_ece"),
+        "ppo": ("mean_reward_before", "mean_reward_after", "final_kl"),
+        "dpo": ("final_loss", "final_reward_accuracy", "final_reward_margin"),
+    }[kind]
+    return ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys)
+
+
+def _train(kind: str, **kwargs: Any) -> None:
+    _env()
+    from charter_trl.training import TrainingFailed, is_main_process, run_training
+
+    params = common.parse_params(kwargs.pop("param", None))
+    try:
+        metrics = run_training(kind, params=params, **kwargs)
+    except TrainingFailed as exc:
+        common.fail(f"{exc} (recorded in training_runs as 'failed')", code=1)
+    if is_main_process():
+        typer.echo(
+            f"trained {kind} on {metrics.get('train_rows')} rows, {metrics.get('steps')} steps, "
+            f"{_fmt(metrics.get('runtime_s'))}s: {_highlights(kind, metrics)} -> {metrics['out_dir']} "
+            f"(training run {metrics['training_run_id']})",
+            err=True,
+        )
+
+
+@train_app.command("sft")
+def sft_cmd(
+    db: Path = DbOpt,
+    model: str = TrainModelOpt,
+    out: Path = OutOpt,
+    run: str | None = RunOpt,
+    where: str | None = WhereOpt,
+    all_rounds: bool = typer.Option(
+        False, "--all-rounds", help="Train on every round's revision (as the paper does), not only the last."
+    ),
+    mix: Path | None = typer.Option(
+        None, "--mix", help="Your own chat data to mix in: .jsonl with a 'messages' list per line."
+    ),
+    max_steps: int | None = MaxStepsOpt,
+    batch_size: int | None = BatchSizeOpt,
+    learning_rate: float | None = LearningRateOpt,
+    seed: int = SeedOpt,
+    param: list[str] | None = TrainParamOpt,
+) -> None:
+    """SL-CAI: supervised fine-tuning on the revisions (sft_examples)."""
+    _train(
+        "sft",
+        db=db,
+        model=model,
+        out=out,
+        run=run,
+        where=where,
+        all_rounds=all_rounds,
+        mix=mix,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        param=param,
+    )
+
+
+@train_app.command("reward")
+def reward_cmd(
+    db: Path = DbOpt,
+    model: str = TrainModelOpt,
+    out: Path = OutOpt,
+    run: str | None = RunOpt,
+    where: str | None = WhereOpt,
+    hard_labels: bool = typer.Option(
+        False, "--hard-labels", help="Bradley-Terry on 0/1 labels instead of the soft labels (chosen_prob)."
+    ),
+    max_steps: int | None = MaxStepsOpt,
+    batch_size: int | None = BatchSizeOpt,
+    learning_rate: float | None = LearningRateOpt,
+    seed: int = SeedOpt,
+    param: list[str] | None = TrainParamOpt,
+) -> None:
+    """RL-CAI: the preference (reward) model on preference_pairs, with held-out accuracy and calibration."""
+    _train(
+        "reward",
+        db=db,
+        model=model,
+        out=out,
+        run=run,
+        where=where,
+        hard_labels=hard_labels,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        param=param,
+    )
+
+
+@train_app.command("ppo")
+def ppo_cmd(
+    db: Path = DbOpt,
+    model: str = TrainModelOpt,
+    out: Path = OutOpt,
+    reward_model: str = typer.Option(
+        ..., "--reward-model", help="Directory of a reward model from `charter train reward`."
+    ),
+    run: str | None = RunOpt,
+    prompts_from_run: str | None = typer.Option(
+        None, "--prompts-from-run", help="Train on the prompts of this run (same as --run)."
+    ),
+    where: str | None = WhereOpt,
+    eval_prompts: str | None = typer.Option(
+        None,
+        "--eval-prompts",
+        help="Prompts file for the reward before/after comparison (default: a held-out slice).",
+    ),
+    max_steps: int | None = MaxStepsOpt,
+    batch_size: int | None = BatchSizeOpt,
+    learning_rate: float | None = LearningRateOpt,
+    seed: int = SeedOpt,
+    param: list[str] | None = TrainParamOpt,
+) -> None:
+    """RL-CAI: PPO against the reward model on the database's prompts, reward before vs after."""
+    _train(
+        "ppo",
+        db=db,
+        model=model,
+        out=out,
+        reward_model=reward_model,
+        run=run,
+        prompts_from_run=prompts_from_run,
+        where=where,
+        eval_prompts=eval_prompts,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        param=param,
+    )
+
+
+@train_app.command("dpo")
+def dpo_cmd(
+    db: Path = DbOpt,
+    model: str = TrainModelOpt,
+    out: Path = OutOpt,
+    run: str | None = RunOpt,
+    where: str | None = WhereOpt,
+    max_steps: int | None = MaxStepsOpt,
+    batch_size: int | None = BatchSizeOpt,
+    learning_rate: float | None = LearningRateOpt,
+    seed: int = SeedOpt,
+    param: list[str] | None = TrainParamOpt,
+) -> None:
+    """DPO on preference_pairs: the RL-free alternative to reward model + PPO."""
+    _train(
+        "dpo",
+        db=db,
+        model=model,
+        out=out,
+        run=run,
+        where=where,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        param=param,
+    )
+
+
+def demo_cmd(
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Base model (directory or cached hub id). Default: a small instruct model from the local "
+        "Hugging Face cache, else a tiny random model built on the spot.",
+    ),
+    db: Path | None = typer.Option(None, "--db", help="DuckDB file (default: OUT/cai.duckdb)."),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for the models and the log."),
+    tiny: bool = typer.Option(
+        False, "--tiny", help="Use a tiny random model even when a real one is cached (fastest)."
+    ),
+) -> None:
+    """The whole Constitutional AI loop at toy scale, offline: revise -> SFT -> sample -> label ->
+    reward model -> PPO, then reward before vs after."""
+    _env()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the network
+    from charter_trl.demo import DemoFailed, run_demo
+
+    try:
+        run_demo(model=model, db=db, out=out, tiny=tiny, echo=typer.echo)
+    except DemoFailed as exc:
+        common.fail(str(exc), code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` (a command group) and `demo` to the charter CLI."""
+    # Idempotent: the CLI's main() asks plugins to register on every call (tests call it many times).
+    if not any(group.name == "train" for group in app.registered_groups):
+        app.add_typer(train_app, name="train")
+    if not any(command.name == "demo" for command in app.registered_commands):
+        app.command("demo")(demo_cmd)

@@ -1,0 +1,444 @@
+"""`run_training`: train from a charter database and record the run, what `charter train` calls.
+
+    from charter_trl import run_training
+    result = run_training("sft", db="cai.duckdb", model="Qwen/Qwen2.5-0.5B", out="ckpt/sl-cai", max_steps=100)
+    result["training_run_id"], result["final_loss"]
+
+The order of work is what makes bad input cheap and harmless:
+1. options, rows (read-only, connection closed again), models and `--param` keys are all checked
+   before anything is written: a `ValueError` (exit 2 in the CLI) leaves no `training_runs` row and
+   no output directory;
+2. the `training_runs` row is inserted with status 'running' when training actually begins (from a
+   trainer callback), by the main process only, so it works unchanged under `accelerate launch`;
+3. at the end the main process sets 'done' (or 'failed') with the metrics, and PPO adds its
+   before/after `policy_samples`. A failure after training started raises `TrainingFailed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from charter.store.store import StoreError
+
+from .data import (
+    Selection,
+    TrainingRecord,
+    last_user_text,
+    read_mix_file,
+    read_preference_rows,
+    read_prompt_rows,
+    read_sft_rows,
+)
+from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOptions
+
+__all__ = ["KINDS", "TrainingFailed", "build_options", "run_training"]
+
+KINDS: dict[str, type[TrainOptions]] = {
+    "sft": SFTOptions,
+    "reward": RewardOptions,
+    "ppo": PPOOptions,
+    "dpo": DPOOptions,
+}
+
+# Written next to the trained model: the training_runs record (without PPO's samples).
+RECORD_FILE = "charter_training_run.json"
+
+# Metrics that go to other columns or tables rather than `training_runs.metrics`.
+_NOT_METRICS = ("trl_config", "samples_before", "samples_after")
+
+
+class TrainingFailed(RuntimeError):
+    """Training started (a 'running' row exists, now marked 'failed') and then raised."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+
+
+def build_options(
+    kind: str, options: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None
+) -> TrainOptions:
+    """The options object for `kind` from keyword options and `--param key=value` pairs.
+
+    `options` must name fields of the kind's options class (`None` values keep the default).
+    Each `params` key that is such a field sets it (e.g. `kl_coef`, `eval_count`, `loss`); any other
+    key goes to `extra`, i.e. the TRL config, where an unknown name is an error naming it.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown training kind {kind!r}; expected one of {', '.join(KINDS)}")
+    cls = KINDS[kind]
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key == "extra":
+            extra.update(value or {})
+        elif key not in names:
+            raise ValueError(f"unknown option {key!r} for charter train {kind}")
+        elif value is not None:
+            values[key] = value
+    for key, value in (params or {}).items():
+        if key in names:
+            values[key] = value
+        else:
+            extra[key] = value
+    try:
+        built = cls(**values, extra=extra)
+    except TypeError as exc:  # pragma: no cover - names are checked above
+        raise ValueError(f"bad options for charter train {kind}: {exc}") from None
+    _check_option_values(kind, built)
+    return built
+
+
+def _check_option_values(kind: str, options: TrainOptions) -> None:
+    if options.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.max_steps is not None and options.max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1, got {options.max_steps}")
+    if options.learning_rate is not None and not options.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {options.learning_rate}")
+
+
+def _validate_trl_fields(kind: str, options: TrainOptions) -> None:
+    """An unknown `--param` key fails here, before any model is loaded."""
+    from .common import validate_extra
+
+    if kind == "sft":
+        from trl import SFTConfig as config_class
+    elif kind == "reward":
+        from trl import RewardConfig as config_class  # type: ignore[assignment]
+    elif kind == "dpo":
+        from trl import DPOConfig as config_class  # type: ignore[assignment]
+    else:
+        from .ppo import PPOConfig as config_class  # type: ignore[assignment]
+    validate_extra(config_class, options.extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_model(name: str | os.PathLike[str]) -> str:
+    """A model directory (made absolute) or hub id; a `local/` prefix (charter's model string) is dropped."""
+    text = str(name)
+    if text.startswith("local/") and not Path(text).exists():
+        text = text.removeprefix("local/")
+    if not text:
+        raise ValueError("--model: empty model name")
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
+def _check_model(name: str, *, flag: str = "--model", trust_remote_code: bool = False) -> Any:
+    """Load the tokenizer and config (cheap) so a missing model fails before anything is written."""
+    from transformers import AutoConfig
+
+    from .common import ModelLoadError, _load_error, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+        try:
+            AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise _load_error("model", name, exc) from None
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{flag} {name}: {exc}") from None
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes to the database (always, unless launched on several processes)."""
+    if _world_size() > 1:
+        from accelerate import PartialState
+
+        return bool(PartialState().is_main_process)
+    return True
+
+
+def _barrier() -> None:
+    if _world_size() > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+class _RecordStart(TrainerCallback):
+    """Inserts the 'running' row when training begins (main process only)."""
+
+    def __init__(self, record: TrainingRecord) -> None:
+        self.record = record
+        self.began = False
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.began = True
+        if state.is_world_process_zero:
+            self.record.start()
+
+
+# --------------------------------------------------------------------------------------------------
+# Data for each kind
+# --------------------------------------------------------------------------------------------------
+
+
+def _prompt_rows_from(value: Any) -> list[dict[str, Any]]:
+    """Eval prompts: a prompts file (any format `charter revise` reads) or rows/conversations."""
+    if isinstance(value, str | os.PathLike):
+        from charter.inputs import PromptSource, iter_prompts, scan_prompts
+        from charter.records import messages_to_dicts
+
+        source = PromptSource.open(value if isinstance(value, str) else Path(value))
+        scan_prompts(source)  # validate everything first
+        return [
+            {"prompt_id": p.prompt_id, "messages": messages_to_dicts(p.messages)}
+            for p in iter_prompts(source)
+        ]
+    return list(value)
+
+
+def _stable_id(messages: Any) -> str:
+    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _policy_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for stage in ("before", "after"):
+        for sample in metrics.get(f"samples_{stage}") or []:
+            prompt = sample["prompt"]
+            rows.append(
+                {
+                    "stage": stage,
+                    "prompt_id": sample.get("prompt_id") or _stable_id(prompt),
+                    "prompt": last_user_text(prompt) if isinstance(prompt, list) else str(prompt),
+                    "response": sample["response"],
+                    "reward": sample.get("reward"),
+                }
+            )
+    return rows
+
+
+def _remove_if_new_and_empty(out: Path, existed: bool) -> None:
+    if existed:
+        return
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only ever an empty directory a trainer created before failing
+
+
+# --------------------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def run_training(
+    kind: str,
+    *,
+    db: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    run: str | None = None,
+    where: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    all_rounds: bool = False,
+    mix: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | None = None,
+    reward_model: str | os.PathLike[str] | None = None,
+    prompts_from_run: str | None = None,
+    eval_prompts: str | os.PathLike[str] | Iterable[Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train `kind` (`sft`, `reward`, `ppo`, `dpo`) on rows of `db`, write `out`, record the run.
+
+    - `sft` reads `sft_examples` (final revisions) or, with `all_rounds=True`, every round's revision;
+      `mix` adds a user's own chat data (a `.jsonl` of `{"messages": [...]}` or rows).
+    - `reward` and `dpo` read `preference_pairs` (`reward` trains on the soft labels `chosen_prob`
+      unless `hard_labels=True`).
+    - `ppo` reads prompts from the `prompts` table (`prompts_from_run` is another name for `run`)
+      and needs `reward_model` (a directory from `reward`); `eval_prompts` (a prompts file or rows)
+      replaces the held-out slice used for the reward before/after comparison.
+
+    `run` keeps rows of one run (name or id), `where` adds an SQL condition on the source's columns.
+    `options` are fields of the kind's options class (`max_steps`, `batch_size`, `learning_rate`,
+    `seed`, `hard_labels`, `kl_coef`, ...); `params` are `--param` pairs (options fields or any TRL
+    config field). Returns the trainer's metrics plus `training_run_id`, `out_dir` and `status`.
+
+    Raises `ValueError` for bad input, before anything is written, and `TrainingFailed` when
+    training itself fails (the run is then recorded as 'failed').
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    opts = build_options(kind, options, params)
+    if prompts_from_run is not None:
+        if kind != "ppo":
+            raise ValueError("--prompts-from-run applies to charter train ppo only")
+        if run is not None and run != prompts_from_run:
+            raise ValueError("give --run or --prompts-from-run, not both")
+        run = prompts_from_run
+    if reward_model is not None and kind != "ppo":
+        raise ValueError("--reward-model applies to charter train ppo only")
+    if kind == "ppo" and reward_model is None:
+        raise ValueError("charter train ppo needs --reward-model DIR (a model from charter train reward)")
+    if (all_rounds or mix is not None) and kind != "sft":
+        raise ValueError("--all-rounds and --mix apply to charter train sft only")
+    if eval_prompts is not None and kind != "ppo":
+        raise ValueError("eval prompts apply to charter train ppo only")
+
+    db_path = Path(db)
+    if not db_path.exists():
+        raise ValueError(f"--db {db}: no such database")
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    selection = Selection(run=run, where=where)
+
+    # 1. Read everything the run needs; the read-only connection is closed again before training.
+    mix_rows: list[dict[str, Any]] | None = None
+    held_out: list[Any] | None = None
+    if kind == "sft":
+        rows: list[dict[str, Any]] = read_sft_rows(db_path, selection, all_rounds=all_rounds)
+        if mix is not None:
+            mix_rows = read_mix_file(mix) if isinstance(mix, str | os.PathLike) else [dict(r) for r in mix]
+        source = "revisions" if all_rounds else "sft_examples"
+    elif kind in ("reward", "dpo"):
+        rows = read_preference_rows(db_path, selection)
+        source = "preference_pairs"
+    else:
+        rows = read_prompt_rows(db_path, selection)
+        source = "prompts"
+        if eval_prompts is not None:
+            held_out = _prompt_rows_from(eval_prompts)
+            if not held_out:
+                raise ValueError("no eval prompts")
+    _barrier()  # every process has read before the main one opens the file for writing
+
+    # 2. Check the models and the TRL fields (still nothing written).
+    _validate_trl_fields(kind, opts)
+    model_name = resolve_model(model)
+    tokenizer = _check_model(model_name, trust_remote_code=opts.trust_remote_code)
+    reward_dir: str | None = None
+    if reward_model is not None:
+        reward_dir = resolve_model(reward_model)
+        reward_tokenizer = _check_model(reward_dir, flag="--reward-model")
+        if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"--reward-model {reward_dir}: its tokenizer differs from the policy's ({model_name}); PPO "
+                "scores token ids directly, so train the reward model from the same base model"
+            )
+
+    config: dict[str, Any] = {
+        "kind": kind,
+        "db": str(db_path.resolve()),
+        "source": source,
+        "run": run,
+        "where": where,
+        "options": opts.to_dict(),
+    }
+    if kind == "sft":
+        config.update(all_rounds=all_rounds, mix=str(mix) if isinstance(mix, str | os.PathLike) else None)
+        config["mix_rows"] = len(mix_rows) if mix_rows is not None else 0
+    if kind == "ppo":
+        config.update(
+            reward_model=reward_dir,
+            eval_prompts=str(eval_prompts) if isinstance(eval_prompts, str | os.PathLike) else None,
+        )
+    record = TrainingRecord(
+        db=db_path,
+        kind=kind,
+        base_model=model_name,
+        out_dir=str(out_path.resolve()),
+        train_rows=len(rows),
+        config=config,
+    )
+    started = _RecordStart(record)
+    main = is_main_process()
+    existed = out_path.exists()
+    t0 = time.perf_counter()
+
+    # 3. Train.
+    try:
+        if isinstance(opts, SFTOptions):
+            from .sft import train_sft
+
+            metrics = train_sft(rows, model_name, out_path, opts, mix_rows=mix_rows, callbacks=[started])
+        elif isinstance(opts, RewardOptions):
+            from .reward import train_reward
+
+            metrics = train_reward(rows, model_name, out_path, opts, callbacks=[started])
+        elif isinstance(opts, DPOOptions):
+            from .dpo import train_dpo
+
+            metrics = train_dpo(rows, model_name, out_path, opts, callbacks=[started])
+        else:
+            from .ppo import train_ppo
+
+            assert isinstance(opts, PPOOptions) and reward_dir is not None
+            metrics = train_ppo(
+                rows, model_name, reward_dir, out_path, opts, eval_prompts=held_out, callbacks=[started]
+            )
+    except BaseException as exc:
+        if not started.began:
+            _remove_if_new_and_empty(out_path, existed)
+            raise
+        message = (str(exc).strip().splitlines() or [""])[0]
+        error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        if main:
+            status_metrics = {"error": error, "runtime_s": round(time.perf_counter() - t0, 3)}
+            record.finish("failed", status_metrics)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise TrainingFailed(f"charter train {kind} failed: {error}") from exc
+
+    # 4. Record the result.
+    config["trl_config"] = metrics.get("trl_config")
+    stored = {k: v for k, v in metrics.items() if k not in _NOT_METRICS}
+    if main:
+        train_rows = int(metrics.get("train_rows") or len(rows))
+        # The record also travels with the model, so a checkpoint says where it came from.
+        (out_path / RECORD_FILE).write_text(
+            json.dumps(
+                {
+                    "training_run_id": record.run_id,
+                    "kind": kind,
+                    "base_model": model_name,
+                    "train_rows": train_rows,
+                    "config": config,
+                    "metrics": stored,
+                },
+                indent=2,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
+        try:
+            if not record.started:  # a trainer with nothing to do never calls on_train_begin
+                record.start()
+            record.finish("done", stored, train_rows=train_rows, policy_samples=_policy_samples(metrics))
+        except StoreError as exc:
+            raise TrainingFailed(
+                f"trained and saved {out_path}, but could not record the run in {db_path}: {exc} "
+                f"(the record is in {out_path / RECORD_FILE})"
+            ) from exc
+    return {**metrics, "training_run_id": record.run_id, "out_dir": str(out_path), "status": "done"}
