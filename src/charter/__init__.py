@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 # The public API, imported lazily so `import charter` stays fast (no litellm, no duckdb until used).
 _LAZY = {
     "revise": "charter.sl",
+    "sample": "charter.rl",
+    "label": "charter.rl",
+    "run_pipeline": "charter.pipeline",
     "Respond": "charter.steps",
     "CritiqueRevise": "charter.steps",
     "Chain": "charter.steps",
