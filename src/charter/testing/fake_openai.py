@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import queue
 import re
@@ -125,7 +126,7 @@ def _count_words(text: str) -> int:
     return max(1, len(text.split()))
 
 
-def default_responder(req: FakeRequest) -> str:
+def default_responder(req: FakeRequest) -> FakeReply | str:
     """Deterministic short text from the last user message (or prompt), choice index, seed and temperature."""
     if req.messages is not None:
         users = [m for m in req.messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -137,7 +138,19 @@ def default_responder(req: FakeRequest) -> str:
         [source, req.choice_index, req.body.get("seed"), req.body.get("temperature")], default=str
     )
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+    if _asks_for_choice(source):
+        # A multiple-choice feedback question: answer like a feedback model would, with a
+        # deterministic preference and log-probabilities for both options.
+        p_a = 0.05 + 0.9 * int(digest, 16) / 0xFFFFFFFF
+        answer = " (A)" if p_a >= 0.5 else " (B)"
+        top = {" (A)": math.log(p_a), " (B)": math.log(1 - p_a)}
+        return FakeReply(text=answer, tokens=[FakeToken(answer, top_logprobs=top)])
     return f"Response {digest}: I can help with that safely."
+
+
+def _asks_for_choice(text: str) -> bool:
+    tail = text.rstrip()
+    return tail.endswith("answer is:") or "Answer with (A) or (B)" in tail[-200:]
 
 
 def _error_body(message: str, etype: str, code: str | None = None) -> bytes:
