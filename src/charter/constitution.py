@@ -219,7 +219,11 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _represent_str)
 
 
-class _StrictLoader(yaml.SafeLoader):
+# The C parser is ~10x faster on our 16-principle files; fall back to pure Python without libyaml.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that rejects duplicate mapping keys instead of keeping the last one silently."""
 
 

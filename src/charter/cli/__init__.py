@@ -54,7 +54,23 @@ def main() -> None:
     """Entry point: map user errors to one line and exit status 2, run-time failures to 1."""
     _register_plugin_commands()
     try:
-        app(standalone_mode=True)
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("charter: aborted", err=True)
+        sys.exit(1)
+    except typer.TyperException as exc:
+        # typer vendors click; its usage errors are TyperExceptions with format_message/exit_code.
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(message)  # bare `charter` (or a group): the help text, as asked
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        # One line, as for every other bad input (click's default is a usage block plus a hint).
+        typer.echo(f"charter: error: {where}{message}", err=True)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
     except USER_ERRORS as exc:
         typer.echo(f"charter: error: {exc}", err=True)
         sys.exit(2)
