@@ -67,6 +67,23 @@ def test_help_lists_the_commands(cli):
         assert command in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["revise", "p.jsonl", "--db", "x.duckdb"], "Missing option '--model'"),
+        (["revise", "p.jsonl", "--db", "x.duckdb", "--model", "m", "--limit", "0"], "--limit"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(cli, tmp_path, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    result = cli(*args)
+    assert result.code == 2
+    lines = result.error_lines()
+    assert len(lines) == 1 and lines[0].startswith("charter: error:") and expected in lines[0]
+    assert not (tmp_path / "x.duckdb").exists()
+
+
 def test_plugins_lists_the_core_plugin_and_its_backend(cli):
     result = cli("plugins")
     assert result.code == 0, result.stderr
