@@ -12,5 +12,14 @@ from charter.hookspecs import hookimpl
 def register_backends(register: Callable[[str, Any], None]) -> None:
     """Every model string LiteLLM knows goes to the LiteLLM backend."""
     from charter.backends.litellm_backend import LiteLLMBackend
+    from charter.backends.openai_fast import FAST_PROVIDERS, make_backend
 
     register("", LiteLLMBackend)
+    # OpenAI-compatible endpoints with an api_base skip litellm's per-call overhead (same results).
+    for prefix in FAST_PROVIDERS:
+        register(prefix, make_backend)
+    # Several endpoints behind LiteLLM's Router (also chosen by get_backend for --router FILE or a
+    # repeated --api-base, whatever the model string).
+    from charter.backends.router import ROUTER_PREFIX, make_router_backend
+
+    register(ROUTER_PREFIX, make_router_backend)

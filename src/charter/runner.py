@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState
 from tenacity.wait import wait_base
 
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
@@ -78,12 +78,15 @@ class _BackoffWait(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, BackendError) and exc.retry_after is not None:
-            return min(max(exc.retry_after, 0.0), self.options.retry_after_max)
-        ceiling = min(
-            self.options.backoff_max, self.options.backoff_initial * 2 ** (retry_state.attempt_number - 1)
-        )
-        return random.uniform(0, ceiling)
+        return backoff_seconds(self.options, exc, retry_state.attempt_number)
+
+
+def backoff_seconds(options: RunnerOptions, exc: BaseException | None, attempt_number: int) -> float:
+    """How long to wait after failed attempt `attempt_number` (1-based): Retry-After or jittered 2^n."""
+    if isinstance(exc, BackendError) and exc.retry_after is not None:
+        return min(max(exc.retry_after, 0.0), options.retry_after_max)
+    ceiling = min(options.backoff_max, options.backoff_initial * 2 ** (attempt_number - 1))
+    return random.uniform(0, ceiling)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -131,24 +134,23 @@ class Runner:
                 return result
         attempts = 0
         started = time.perf_counter()
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_retryable),
-                stop=stop_after_attempt(self.options.max_retries + 1),
-                wait=_BackoffWait(self.options),
-                reraise=True,
-            ):
-                with attempt:
-                    attempts += 1
-                    async with self._slots:
-                        if self._limiter is not None:
-                            await self._limiter.acquire()
-                        completion = await self.backend.complete(request)
-        except BackendError as exc:
-            self._store_call(step, request, key, None, attempts, error=str(exc), started=started)
-            raise CallFailed(
-                f"{step}: {exc} (after {attempts} attempt{'s' if attempts != 1 else ''})"
-            ) from exc
+        # A plain loop rather than tenacity's AsyncRetrying: same policy (retry retryable
+        # BackendErrors up to max_retries times, backoff_seconds between), without its per-call cost.
+        while True:
+            attempts += 1
+            try:
+                async with self._slots:
+                    if self._limiter is not None:
+                        await self._limiter.acquire()
+                    completion = await self.backend.complete(request)
+                break
+            except BackendError as exc:
+                if not _is_retryable(exc) or attempts > self.options.max_retries:
+                    self._store_call(step, request, key, None, attempts, error=str(exc), started=started)
+                    raise CallFailed(
+                        f"{step}: {exc} (after {attempts} attempt{'s' if attempts != 1 else ''})"
+                    ) from exc
+                await asyncio.sleep(backoff_seconds(self.options, exc, attempts))
         self.calls_made += 1
         call_id = self._store_call(step, request, key, completion, attempts, error=None, started=started)
         result = CallResult(completion, call_id, cached=False)
@@ -220,6 +222,9 @@ async def bounded_map(
     """
     iterator = iter(items)
     running: dict[asyncio.Task[R], T] = {}
+    # Finished tasks arrive on a queue (one done-callback each) rather than through asyncio.wait,
+    # which re-registers a callback on every running task per completion: O(in flight) each time.
+    finished: asyncio.Queue[asyncio.Task[R]] = asyncio.Queue()
     exhausted = False
 
     def refill() -> None:
@@ -230,16 +235,17 @@ async def bounded_map(
             except StopIteration:
                 exhausted = True
                 return
-            running[asyncio.ensure_future(worker(item))] = item
+            task = asyncio.ensure_future(worker(item))
+            task.add_done_callback(finished.put_nowait)
+            running[task] = item
 
     refill()
     try:
         while running:
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                item = running.pop(task)
-                exc = task.exception()
-                yield item, (exc if exc is not None else task.result())
+            task = await finished.get()
+            item = running.pop(task)
+            exc = task.exception()
+            yield item, (exc if exc is not None else task.result())
             refill()
     finally:
         for task in running:

@@ -71,7 +71,7 @@ def run_chain(
     rows: Callable[[str, S], dict[str, list[dict[str, Any]]]],
     db: str | Path | Store,
     model: str,
-    api_base: str | None = None,
+    api_base: str | list[str] | None = None,
     params: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
     mode: Literal["chat", "completion"] = "chat",

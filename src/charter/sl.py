@@ -10,6 +10,7 @@ from typing import Any, Literal
 from charter.backends.base import Backend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
+from charter.merge import Shard
 from charter.records import RevisedExample, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import RunSummary, run_chain
@@ -17,10 +18,15 @@ from charter.steps.base import Chain
 from charter.steps.sl import CritiqueRevise, Respond, new_example
 from charter.store.store import Store
 
+# Config keys that say where or how a run's calls were made, not what it computes: they stay out
+# of the default run name, so shards on machines with different endpoints are one run to merge.
+_NOT_IN_RUN_NAME = frozenset({"api_base", "shard"})
+
 
 def default_run_name(command: str, config: dict[str, Any]) -> str:
     """A name derived from everything that shapes the output, so the same command resumes its run."""
-    blob = json.dumps(config, sort_keys=True, default=str)
+    identity = {k: v for k, v in config.items() if k not in _NOT_IN_RUN_NAME}
+    blob = json.dumps(identity, sort_keys=True, default=str)
     return f"{command}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -82,18 +88,23 @@ def revise(
     few_shot: bool = True,
     limit: int | None = None,
     run_name: str | None = None,
-    api_base: str | None = None,
+    api_base: str | list[str] | None = None,
     params: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
     prompts_dir: str | None = None,
     backend: Backend | None = None,
     progress: bool = False,
+    shard: str | Shard | None = None,
 ) -> RunSummary:
     """SL-CAI: answer each prompt, then `rounds` critique -> revision rounds, all stored in `db`.
 
     Re-running the same call resumes the same run: finished prompts are skipped and finished calls
     come from the request cache, so nothing is asked twice and no row is duplicated.
+
+    `shard="i/n"` keeps only the prompts whose id hashes to shard i of n (after `limit`); the run
+    name does not include the shard, so `charter merge` joins the shards' files into one run.
     """
+    shard_obj = Shard.parse(shard)
     source = PromptSource.open(prompts)
     scan = scan_prompts(source, limit)  # validate everything before writing anything
     constitution_obj = (
@@ -117,13 +128,23 @@ def revise(
         "limit": limit,
         "chain": chain.describe(),
     }
+    name = run_name or default_run_name("revise", config)
+    total = scan.count
+    owned = shard_obj.owns if shard_obj is not None else None
+    if shard_obj is not None and shard_obj.count > 1:
+        config["shard"] = str(shard_obj)
+        total = sum(1 for p in iter_prompts(source, limit) if shard_obj.owns(p.prompt_id))
     return run_chain(
         chain,
         command="revise",
         config=config,
-        run_name=run_name or default_run_name("revise", config),
-        items=lambda done: (new_example(p) for p in iter_prompts(source, limit) if p.prompt_id not in done),
-        total=scan.count,
+        run_name=name,
+        items=lambda done: (
+            new_example(p)
+            for p in iter_prompts(source, limit)
+            if p.prompt_id not in done and (owned is None or owned(p.prompt_id))
+        ),
+        total=total,
         done_table="sft_examples",
         rows=example_rows,
         db=db,
@@ -141,6 +162,7 @@ def revise(
 
 
 def _public(params: dict[str, Any]) -> dict[str, Any]:
-    from charter.backends.litellm_backend import SECRET_PARAMS
+    from charter.backends.litellm_backend import CHARTER_PARAMS, SECRET_PARAMS
 
-    return {k: v for k, v in params.items() if k not in SECRET_PARAMS}
+    # charter's own switches (fast path, router) change how calls are sent, not what the run is.
+    return {k: v for k, v in params.items() if k not in SECRET_PARAMS and k not in CHARTER_PARAMS}

@@ -29,8 +29,10 @@ SECRET_PARAMS = frozenset(
         "vertex_credentials",
     }
 )
+# charter's own switches (how charter sends, not what it asks): never sent, stored or hashed.
+CHARTER_PARAMS = frozenset({"charter_fast_path", "router", "endpoint_concurrency"})
 # Client options (how to reach the model, not what to ask it): kept out of the cache key.
-CLIENT_PARAMS = frozenset({"api_base", "base_url", "api_version", "timeout", "organization"})
+CLIENT_PARAMS = frozenset({"api_base", "base_url", "api_version", "timeout", "organization"}) | CHARTER_PARAMS
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
@@ -179,7 +181,8 @@ class LiteLLMBackend:
     ) -> None:
         self.name = model
         self.model = model
-        self.client_options = dict(client_options or {})
+        self.client_options = {k: v for k, v in (client_options or {}).items() if k not in CHARTER_PARAMS}
+        self._cost_known: bool | None = None
         if api_base:
             self.client_options["api_base"] = api_base
         self.client_options.setdefault("timeout", timeout)
@@ -260,12 +263,18 @@ class LiteLLMBackend:
         )
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        # Computed from usage with litellm's price table; unknown models (local servers) cost None.
+        # Computed from usage with litellm's price table; unknown models (local servers) cost None,
+        # and whether the table knows the model is found out once, not on every call.
+        if self._cost_known is False:
+            return None
         try:
             litellm = import_litellm()
             p, c = litellm.cost_per_token(
                 model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
             )
-            return float(p + c)
+            cost: float | None = float(p + c)
         except Exception:
-            return None
+            cost = None
+        if self._cost_known is None:
+            self._cost_known = cost is not None
+        return cost

@@ -66,6 +66,41 @@ def progress_enabled() -> bool:
 # Options every model-calling command takes (the contract's names).
 ModelOpt = typer.Option(..., "--model", "-m", help="Any LiteLLM model string, or local/<path-or-hub-id>.")
 ApiBaseOpt = typer.Option(None, "--api-base", help="Base URL of an OpenAI-compatible (or other) endpoint.")
+# Commands that can spread calls over several endpoints take --api-base more than once (LiteLLM's
+# Router balances and fails over between them), or --router FILE, and can run one shard of n.
+ApiBasesOpt = typer.Option(
+    None,
+    "--api-base",
+    help="Base URL of an OpenAI-compatible (or other) endpoint. Repeat it to spread calls over several "
+    "endpoints (LiteLLM Router; --param endpoint_concurrency=N caps each).",
+)
+RouterOpt = typer.Option(
+    None,
+    "--router",
+    help="LiteLLM Router config (YAML/JSON: model_list, router_settings); --model names a group.",
+)
+ShardOpt = typer.Option(
+    None, "--shard", help="i/n: only the prompts whose id hashes to shard i of n (merge with charter merge)."
+)
+
+
+def api_bases(values: list[str] | None) -> str | list[str] | None:
+    """One --api-base as a string (the usual case), several as a list (the Router backend)."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else list(values)
+
+
+def with_router(params: dict[str, Any], router: str | None) -> dict[str, Any]:
+    """Add --router FILE to the backend params (checked here, so a bad file exits 2 before any run)."""
+    if router is None:
+        return params
+    from charter.backends.router import load_router_config
+
+    load_router_config(router)
+    return {**params, "router": router}
+
+
 ParamOpt = typer.Option(
     None, "--param", help="key=value passed to the backend (JSON values parsed). Repeatable."
 )

@@ -28,14 +28,19 @@ class StepContext:
     seed: int = 0
     few_shot: bool = True
     prompts_dir: str | None = None
+    # Templates are parsed and compiled once per run, not once per item (compiling is ~30 ms).
+    _templates: dict[str, PromptTemplate] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def rng(self, item_id: str, purpose: str = "") -> random.Random:
         """An RNG seeded by (seed, item, purpose): the same draws at any concurrency or shard."""
         return random.Random(f"{self.seed}:{item_id}:{purpose}")
 
     def prompt(self, name: str) -> PromptTemplate:
-        """Load a template (honouring --prompts-dir and CHARTER_PROMPTS_PATH overrides)."""
-        return load_prompt(name, self.prompts_dir)
+        """Load a template (honouring --prompts-dir and CHARTER_PROMPTS_PATH overrides), once per run."""
+        template = self._templates.get(name)
+        if template is None:
+            template = self._templates[name] = load_prompt(name, self.prompts_dir)
+        return template
 
     def request(
         self, rendered: RenderedPrompt, *, n: int = 1, sample_index: int = 0, **params: Any

@@ -8,11 +8,11 @@ nothing, and the same command resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +105,26 @@ def completion_from_row(
     )
 
 
+_ARROW_TYPES: dict[str, pa.DataType] = {"VARCHAR": pa.string(), "JSON": pa.string(), "BOOLEAN": pa.bool_()}
+
+
+def _arrow_column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
+    if arrow_type is not None:
+        try:
+            return pa.array(values, type=arrow_type)
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            pass  # e.g. a dict given for a JSON column: let Arrow infer, DuckDB casts as before
+    return values
+
+
+def _key_prefix(cache_key: str) -> int:
+    # Cache keys are hex digests; 64 bits are plenty for a filter (a collision only costs a query).
+    try:
+        return int(cache_key[:16], 16)
+    except ValueError:
+        return hash(cache_key)
+
+
 class Store:
     """A DuckDB file opened for writing by this process (DuckDB allows one writer per file)."""
 
@@ -116,9 +136,13 @@ class Store:
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_count = 0
         self._pending_cache: dict[str, CachedCall] = {}
+        # 64-bit prefixes of every successful call's cache key, loaded on the first lookup: a miss
+        # (nearly every call of a fresh run) is answered from memory instead of a DuckDB point query.
+        self._known_keys: set[int] | None = None
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
         self._columns: dict[str, list[str]] = {}
+        self._arrow_types: dict[str, dict[str, pa.DataType]] = {}
         self.migrate()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -166,7 +190,9 @@ class Store:
                     "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [row[0]]
                 )
                 return str(row[0]), True
-            run_id = uuid.uuid4().hex[:16]
+            # Derived from the name, not random: the shards of one run (`--shard i/n`, each in its
+            # own file) get the same run id, so their rows merge into one run (`charter merge`).
+            run_id = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
             self.con.execute(
                 "INSERT INTO runs (run_id, name, command, config, status) VALUES (?, ?, ?, ?, 'running')",
                 [run_id, name, command, json.dumps(config, ensure_ascii=False, default=str)],
@@ -188,12 +214,25 @@ class Store:
         return str(row[0]) if row else None
 
     # -- the request cache -------------------------------------------------------------------
+    def _load_known_keys(self) -> set[int]:
+        keys: set[int] = set()
+        reader = self.con.sql("SELECT DISTINCT cache_key FROM calls WHERE error IS NULL").to_arrow_reader(
+            100_000
+        )
+        for batch in reader:
+            keys.update(_key_prefix(k) for k in batch.column(0).to_pylist())
+        return keys
+
     def cache_get(self, cache_key: str) -> CachedCall | None:
         """A successful earlier call with this key, from this process's buffer or the file."""
         with self._lock:
             pending = self._pending_cache.get(cache_key)
             if pending is not None:
                 return pending
+            if self._known_keys is None:
+                self._known_keys = self._load_known_keys()
+            if _key_prefix(cache_key) not in self._known_keys:
+                return None
             row = self.con.execute(
                 "SELECT call_id, run_id, responses, logprobs, prompt_tokens, completion_tokens FROM calls "
                 "WHERE cache_key = ? AND error IS NULL ORDER BY created_at LIMIT 1",
@@ -207,6 +246,8 @@ class Store:
         """Buffer one `calls` row; a successful one is immediately visible to `cache_get`."""
         with self._lock:
             self.add_rows("calls", [row])
+            if self._known_keys is not None and row.get("error") is None:
+                self._known_keys.add(_key_prefix(row["cache_key"]))
             if completion is not None and row.get("error") is None and not row.get("cached"):
                 self._pending_cache[row["cache_key"]] = CachedCall(row["call_id"], row["run_id"], completion)
 
@@ -252,12 +293,18 @@ class Store:
     def _table_columns(self, table: str) -> list[str]:
         if table not in self._columns:
             cols = self.con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+                "ORDER BY ordinal_position",
                 [table],
             ).fetchall()
             if not cols:
                 raise StoreError(f"no table named {table!r}")
             self._columns[table] = [c[0] for c in cols]
+            # Text and boolean columns are built with their Arrow type given (3x faster than letting
+            # Arrow infer it); numbers keep inference so a float is never silently truncated.
+            self._arrow_types[table] = {
+                c[0]: _ARROW_TYPES[str(c[1]).upper()] for c in cols if str(c[1]).upper() in _ARROW_TYPES
+            }
         return self._columns[table]
 
     def _insert_arrow(self, table: str, rows: list[dict[str, Any]]) -> None:
@@ -266,7 +313,8 @@ class Store:
         unknown = set().union(*(r.keys() for r in rows)) - set(known)
         if unknown:
             raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
-        batch = pa.table({c: [r.get(c) for r in rows] for c in names})  # noqa: F841 - read by DuckDB
+        types = self._arrow_types.get(table, {})
+        batch = pa.table({c: _arrow_column([r.get(c) for r in rows], types.get(c)) for c in names})  # noqa: F841
         self.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
 
     # -- reads -------------------------------------------------------------------------------

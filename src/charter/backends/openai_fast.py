@@ -1,0 +1,326 @@
+"""The OpenAI-compatible fast path: `openai/`, `hosted_vllm/` and `text-completion-openai/` models
+with an api_base go straight through the `openai` client instead of `litellm.acompletion`.
+
+Why: for these providers LiteLLM sends the request body unchanged, but spends several milliseconds of
+CPU per call on things charter does itself or does not need (parameter mapping, response rebuilding,
+cost calculation, logging hooks). On a busy event loop that, not the server, caps throughput.
+
+What stays the same: the request body (the same JSON LiteLLM sends for these providers), the parsed
+`Completion` (texts, logprobs, finish reasons, token counts, cost from LiteLLM's price table) and
+the error classification (`BackendError.retryable`, `status`, `retry_after`). A request this path
+does not know how to send exactly as LiteLLM would (a parameter outside the plain OpenAI set, chat
+mode on a completion-only provider) goes to the LiteLLM backend instead.
+
+Switch it off with `--param charter_fast_path=false` or `CHARTER_FAST_PATH=0`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob
+from charter.backends.litellm_backend import LiteLLMBackend, _retry_after
+
+# Model-string prefix -> (provider name, the env vars LiteLLM reads for its key and base URL).
+FAST_PROVIDERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "openai/": ("openai", ("OPENAI_API_KEY",), ("OPENAI_BASE_URL", "OPENAI_API_BASE")),
+    "text-completion-openai/": ("openai", ("OPENAI_API_KEY",), ("OPENAI_BASE_URL", "OPENAI_API_BASE")),
+    "hosted_vllm/": ("hosted_vllm", ("HOSTED_VLLM_API_KEY",), ("HOSTED_VLLM_API_BASE",)),
+}
+# Request parameters LiteLLM passes through unchanged for these providers (checked against the
+# bodies it sends in tests/test_scale.py); anything else goes through LiteLLM.
+_COMMON = {
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "max_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logprobs",
+    "user",
+}
+CHAT_PARAMS = frozenset(_COMMON | {"top_logprobs"})
+COMPLETION_PARAMS = frozenset(_COMMON)
+
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+ENV_SWITCH = "CHARTER_FAST_PATH"
+
+
+def fast_path_enabled(client_options: dict[str, Any] | None = None) -> bool:
+    """Off when `--param charter_fast_path=false` or the env var CHARTER_FAST_PATH is 0/false/no/off."""
+    value = (client_options or {}).get("charter_fast_path")
+    if value is None:
+        value = os.environ.get(ENV_SWITCH, "1")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
+def fast_prefix(model: str) -> str | None:
+    """The fast-path prefix `model` starts with, if any."""
+    return next((p for p in FAST_PROVIDERS if model.startswith(p)), None)
+
+
+def resolve_api_base(model: str, api_base: str | None, client_options: dict[str, Any]) -> str | None:
+    """The base URL LiteLLM would use for `model` (explicit option first, then the provider's env)."""
+    prefix = fast_prefix(model)
+    explicit = api_base or client_options.get("api_base") or client_options.get("base_url")
+    if explicit or prefix is None:
+        return str(explicit) if explicit else None
+    for var in FAST_PROVIDERS[prefix][2]:
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def make_backend(
+    model: str, *, api_base: str | None = None, client_options: dict[str, Any] | None = None, **kw: Any
+) -> Any:
+    """Backend factory for the fast-path prefixes: the fast backend when it applies, else LiteLLM."""
+    options = dict(client_options or {})
+    base = resolve_api_base(model, api_base, options)
+    if base and fast_path_enabled(options):
+        return OpenAIFastBackend(model, api_base=base, client_options=options, **kw)
+    return LiteLLMBackend(model, api_base=api_base, client_options=options, **kw)
+
+
+def classify_openai_error(exc: Exception) -> BackendError:
+    """Map an `openai`/httpx/JSON exception to a `BackendError`, the way `classify_error` maps LiteLLM's."""
+    import openai
+
+    if isinstance(exc, BackendError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, openai.APIStatusError):
+        # LiteLLM: auth/permission/not-found/bad-request are fatal, 429/5xx and friends retry.
+        retryable = status in _RETRYABLE_STATUS or (isinstance(status, int) and status >= 500)
+    elif isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, TimeoutError, ConnectionError)):
+        retryable = True
+    elif isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError)):
+        # A truncated or malformed body (LiteLLM reports these as InternalServerError: retried).
+        retryable = True
+    else:
+        retryable = True
+    text = str(exc).strip()
+    message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    return BackendError(
+        message[:500],
+        retryable=retryable,
+        retry_after=_retry_after(exc),
+        status=status if isinstance(status, int) else None,
+    )
+
+
+class OpenAIFastBackend:
+    """`openai.AsyncOpenAI` behind the `Backend` interface for OpenAI-compatible endpoints."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str,
+        client_options: dict[str, Any] | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        prefix = fast_prefix(model)
+        if prefix is None:
+            raise ValueError(f"{model}: the fast path serves {', '.join(FAST_PROVIDERS)} models")
+        self.name = model
+        self.model = model
+        self.prefix = prefix
+        self.remote_model = model[len(prefix) :]
+        self.api_base = api_base
+        options = dict(client_options or {})
+        self.fallback = LiteLLMBackend(model, api_base=api_base, client_options=options, timeout=timeout)
+        key_vars = FAST_PROVIDERS[prefix][1]
+        self._api_key = str(
+            options.get("api_key")
+            or next((os.environ[v] for v in key_vars if os.environ.get(v)), None)
+            or ("fake-api-key" if prefix == "hosted_vllm/" else "no-key")
+        )
+        headers: dict[str, str] = {}
+        for name in ("headers", "extra_headers"):
+            if isinstance(options.get(name), dict):
+                headers.update({str(k): str(v) for k, v in options[name].items()})
+        self._headers = headers
+        self._organization = options.get("organization")
+        self._timeout = float(options.get("timeout", timeout))
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        self._cost_known: bool | None = None
+
+    # -- clients ---------------------------------------------------------------------------
+    def _client(self) -> Any:
+        """One AsyncOpenAI client per event loop (httpx clients cannot cross loops)."""
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(id(loop))
+        if entry is not None and entry[0] is loop:
+            return entry[1]
+        import openai
+
+        client = openai.AsyncOpenAI(
+            base_url=self.api_base,
+            api_key=self._api_key,
+            organization=self._organization,
+            default_headers=self._headers or None,
+            timeout=self._timeout,
+            max_retries=0,  # the runner retries
+            http_client=_http_client(self._timeout),
+        )
+        self._clients[id(loop)] = (loop, client)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the clients of the current loop (and LiteLLM's, if the fallback was used)."""
+        loop = asyncio.get_running_loop()
+        entry = self._clients.pop(id(loop), None)
+        if entry is not None:
+            await entry[1].close()
+        await self.fallback.aclose()
+
+    # -- calls -----------------------------------------------------------------------------
+    def handles(self, request: CompletionRequest) -> bool:
+        """True when this request can be sent exactly as LiteLLM would send it."""
+        if request.mode == "chat":
+            if self.prefix == "text-completion-openai/":
+                return False
+            allowed = CHAT_PARAMS
+        else:
+            allowed = COMPLETION_PARAMS
+        return all(k in allowed for k in request.params)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """One request through the openai client; errors become `BackendError` (no client retries)."""
+        if not self.handles(request):
+            return await self.fallback.complete(request)
+        body: dict[str, Any] = {"model": self.remote_model}
+        if request.mode == "chat":
+            path = "/chat/completions"
+            body["messages"] = request.messages
+        else:
+            path = "/completions"
+            body["prompt"] = request.prompt
+        body.update(request.params)
+        if request.n != 1:
+            body["n"] = request.n
+        started = time.perf_counter()
+        try:
+            # cast_to=object: the JSON as plain dicts, skipping the SDK's response models.
+            data = await self._client().post(path, cast_to=object, body=body)
+            completion = self._parse(request, data)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise classify_openai_error(exc) from exc
+        completion.latency_ms = (time.perf_counter() - started) * 1000
+        return completion
+
+    def _parse(self, request: CompletionRequest, data: dict[str, Any]) -> Completion:
+        if not isinstance(data, dict) or "choices" not in data:
+            error = data.get("error") if isinstance(data, dict) else None
+            raise BackendError(
+                f"unexpected response from {self.api_base}: {str(error or data)[:300]}", retryable=True
+            )
+        choices = sorted(data["choices"] or [], key=lambda c: c.get("index") or 0)
+        if not choices:
+            raise BackendError("the backend returned no choices", retryable=True)
+        texts: list[str] = []
+        logprobs: list[list[TokenLogprob]] = []
+        have_logprobs = False
+        chat = request.mode == "chat"
+        for choice in choices:
+            if chat:
+                text = (choice.get("message") or {}).get("content") or ""
+                lp = _chat_logprobs(choice.get("logprobs"))
+            else:
+                text = choice.get("text") or ""
+                lp = _text_logprobs(choice.get("logprobs"))
+            texts.append(text)
+            logprobs.append(lp or [])
+            have_logprobs = have_logprobs or bool(lp)
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        return Completion(
+            texts=texts,
+            logprobs=logprobs if have_logprobs else None,
+            finish_reasons=[c.get("finish_reason") for c in choices],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=self._cost(prompt_tokens, completion_tokens),
+        )
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        # Whether LiteLLM's price table knows the model is looked up once; unknown models (local
+        # servers, the common case here) then cost nothing per call.
+        if self._cost_known is False:
+            return None
+        cost = self.fallback._cost(prompt_tokens, completion_tokens)
+        if self._cost_known is None:
+            self._cost_known = cost is not None
+        return cost
+
+
+def _http_client(timeout: float) -> Any:
+    """The openai SDK's aiohttp transport when it is there, else its default httpx one.
+
+    httpx's connection pool does O(connections) work per request (hundreds of socket checks at
+    concurrency 256); aiohttp's does not, which halves the client's CPU per call.
+    """
+    import openai
+
+    make = getattr(openai, "DefaultAioHttpClient", None)
+    if make is not None and os.environ.get("CHARTER_HTTP_TRANSPORT", "aiohttp") == "aiohttp":
+        try:
+            return make(timeout=timeout)
+        except RuntimeError:  # the SDK was installed without its aiohttp extra
+            pass
+    return openai.DefaultAsyncHttpxClient(timeout=timeout)
+
+
+def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if not content:
+        return None
+    return [
+        TokenLogprob(
+            token=str(item.get("token")),
+            logprob=float(item.get("logprob")),
+            top={str(t.get("token")): float(t.get("logprob")) for t in item.get("top_logprobs") or []},
+        )
+        for item in content
+    ]
+
+
+def _text_logprobs(lp: Any) -> list[TokenLogprob] | None:
+    if not isinstance(lp, dict):
+        return None
+    tokens = lp.get("tokens") or []
+    token_logprobs = lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or []
+    out = []
+    for i, token in enumerate(tokens):
+        top = tops[i] if i < len(tops) and tops[i] else {}
+        logprob = token_logprobs[i] if i < len(token_logprobs) else None
+        out.append(
+            TokenLogprob(
+                token=token,
+                logprob=float(logprob) if logprob is not None else float("nan"),
+                top={str(k): float(v) for k, v in dict(top).items()},
+            )
+        )
+    return out or None
+
+
+__all__ = [
+    "FAST_PROVIDERS",
+    "OpenAIFastBackend",
+    "classify_openai_error",
+    "fast_path_enabled",
+    "make_backend",
+]
