@@ -313,9 +313,8 @@ def test_running_then_failed_and_readable_meanwhile(
     monkeypatch.setattr(SFTTrainer, "training_step", boom)
     result = _train("sft", db, tiny_model, tmp_path / "out", "--max-steps", 1)
     assert result.code == 1
-    # One line at the end (a progress bar may share it: tqdm ends its lines with \r).
-    error = result.stderr.strip().splitlines()[-1].split("\r")[-1]
-    assert error.endswith(
+    [error] = [line for line in result.stderr.splitlines() if "charter: error:" in line]
+    assert error.startswith(
         "charter: error: charter train sft failed: RuntimeError: out of cheese "
         "(recorded in training_runs as 'failed')"
     ), error

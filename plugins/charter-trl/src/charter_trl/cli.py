@@ -7,8 +7,9 @@ stays fast. Each command is a thin layer over `charter_trl.run_training` / `char
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -46,6 +47,16 @@ def _env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _fail(message: str) -> NoReturn:
+    """A run-time failure: one line on stderr, exit 1.
+
+    `sys.exit` rather than `typer.Exit`: the latter is returned, not raised, by a typer app invoked
+    with `standalone_mode=False`, which is how `charter.cli.main` runs it.
+    """
+    typer.echo(f"\ncharter: error: {message}", err=True)  # a progress bar may still own the line
+    sys.exit(1)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -70,7 +81,7 @@ def _train(kind: str, **kwargs: Any) -> None:
     try:
         metrics = run_training(kind, params=params, **kwargs)
     except TrainingFailed as exc:
-        common.fail(f"{exc} (recorded in training_runs as 'failed')", code=1)
+        _fail(f"{exc} (recorded in training_runs as 'failed')")
     if is_main_process():
         typer.echo(
             f"trained {kind} on {metrics.get('train_rows')} rows, {metrics.get('steps')} steps, "
@@ -245,7 +256,7 @@ def demo_cmd(
     try:
         run_demo(model=model, db=db, out=out, tiny=tiny, echo=typer.echo)
     except DemoFailed as exc:
-        common.fail(str(exc), code=1)
+        _fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:

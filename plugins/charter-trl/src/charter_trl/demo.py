@@ -14,12 +14,14 @@ on the spot; nothing is downloaded. The libraries' own output goes to `OUT/demo.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,10 +37,6 @@ CACHED_MODELS = (
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
 
-REVISE_RUN = "demo-revise"
-SAMPLE_RUN = "demo-sample"
-LABEL_RUN = "demo-label"
-
 
 class DemoFailed(RuntimeError):
     """A stage of the demo failed at run time (the log has the details)."""
@@ -46,15 +44,24 @@ class DemoFailed(RuntimeError):
 
 @dataclass
 class DemoSettings:
-    """Toy-scale settings; `tiny()` for the random model (it needs large learning rates to move)."""
+    """Toy-scale settings, sized for 2 CPU cores.
 
-    revise_rounds: int = 2
-    max_tokens: int = 48
-    sft_steps: int = 8
+    The defaults are for a real ~100M-500M model (generation and PPO are the slow parts on a CPU);
+    `tiny()` is for the random tiny model, which is fast enough for more prompts and rounds but needs
+    large learning rates to move at all. `sl_prompts`/`rl_prompts` take the first N of the shipped
+    prompt files (8 and 12); the 4 held-out prompts are always used.
+    """
+
+    sl_prompts: int = 4
+    revise_rounds: int = 1
+    rl_prompts: int = 8
+    max_tokens: int = 32
+    sft_steps: int = 4
     sft_lr: float = 5e-5
-    reward_steps: int = 10
+    reward_steps: int = 4
     reward_lr: float = 5e-5
-    ppo_steps: int = 8
+    ppo_steps: int = 4
+    ppo_epochs: int = 2
     ppo_lr: float = 1e-5
     batch_size: int = 4
     seed: int = 0
@@ -62,7 +69,18 @@ class DemoSettings:
 
     @classmethod
     def tiny(cls) -> DemoSettings:
-        return cls(max_tokens=32, sft_lr=1e-3, reward_lr=1e-3, ppo_lr=1e-4)
+        return cls(
+            sl_prompts=8,
+            revise_rounds=2,
+            rl_prompts=12,
+            sft_steps=8,
+            sft_lr=1e-3,
+            reward_steps=10,
+            reward_lr=1e-3,
+            ppo_steps=8,
+            ppo_epochs=4,
+            ppo_lr=1e-4,
+        )
 
 
 def find_cached_model(candidates: tuple[str, ...] = CACHED_MODELS) -> tuple[str, Path] | None:
@@ -159,6 +177,10 @@ def _mean_chosen_prob(db: Path, label_run_id: str) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
+def _n(count: Any, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _f(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -191,6 +213,11 @@ def run_demo(
     started = time.perf_counter()
     result: dict[str, Any] = {"model": model_dir, "tiny": is_tiny, "db": str(db_path), "log": str(log_path)}
     gen = {"max_tokens": settings.max_tokens}
+    # Run names tied to the model and settings: the same demo again resumes its runs (answers come
+    # from the request cache), another model or setting in the same database gets runs of its own.
+    tag = hashlib.sha256(json.dumps([model_dir, asdict(settings)], default=str).encode()).hexdigest()[:8]
+    names = {stage: f"demo-{stage}-{tag}" for stage in ("revise", "sample", "label")}
+    result["runs"] = names
     quiet_params = {"disable_tqdm": True, **settings.extra}
 
     with open(log_path, "a", encoding="utf-8") as log:
@@ -244,16 +271,17 @@ def run_demo(
                 rounds=settings.revise_rounds,
                 seed=settings.seed,
                 few_shot=False,
+                limit=settings.sl_prompts,
                 params=gen,
                 options=runner,
-                run_name=REVISE_RUN,
+                run_name=names["revise"],
             )
             if not summary.ok:
                 raise DemoFailed(f"{summary.failed} prompts failed: {'; '.join(summary.errors[:2])}")
             info.update(prompts=summary.total, calls=summary.calls)
         say(
-            f"[1/7] revise: {summary.total} red-team prompts x {settings.revise_rounds} critique -> revision "
-            f"rounds with the base model ({summary.calls} calls, {info['seconds']:.0f}s)"
+            f"[1/7] revise: {summary.total} red-team prompts, {settings.revise_rounds} critique -> revision "
+            f"round{'s' if settings.revise_rounds != 1 else ''} each by the base model ({summary.calls} calls, {info['seconds']:.0f}s)"
         )
 
         sl_dir = out_dir / "sl-cai"
@@ -265,7 +293,7 @@ def run_demo(
                 db=db_path,
                 model=model_dir,
                 out=sl_dir,
-                run=REVISE_RUN,
+                run=names["revise"],
                 max_steps=settings.sft_steps,
                 batch_size=settings.batch_size,
                 learning_rate=settings.sft_lr,
@@ -274,7 +302,7 @@ def run_demo(
             )
             info.update(training_run_id=sft["training_run_id"], final_loss=sft.get("final_loss"))
         say(
-            f"[2/7] train sft: {sft['train_rows']} revisions, {sft['steps']} steps, final loss "
+            f"[2/7] train sft: {_n(sft['train_rows'], 'revision')}, {_n(sft['steps'], 'step')}, final loss "
             f"{_f(sft.get('final_loss'))} ({info['seconds']:.0f}s) -> {sl_dir}"
         )
 
@@ -288,9 +316,10 @@ def run_demo(
                 n=2,
                 temperature=1.0,
                 seed=settings.seed,
+                limit=settings.rl_prompts,
                 params=gen,
                 options=runner,
-                run_name=SAMPLE_RUN,
+                run_name=names["sample"],
             )
             if not sampled.ok or not sampled.pairs:
                 raise DemoFailed(
@@ -299,7 +328,7 @@ def run_demo(
             info.update(prompts=sampled.total, pairs=sampled.pairs)
         say(
             f"[3/7] sample: {sampled.total} other red-team prompts x 2 responses from the SFT model at "
-            f"temperature 1.0 -> {sampled.pairs} pairs ({info['seconds']:.0f}s)"
+            f"temperature 1.0 -> {_n(sampled.pairs, 'pair')} ({info['seconds']:.0f}s)"
         )
 
         with stage("label") as info:
@@ -307,17 +336,18 @@ def run_demo(
                 db=db_path,
                 model=f"local/{sl_dir.resolve()}",
                 method="logprobs",
-                from_run=SAMPLE_RUN,
+                from_run=names["sample"],
+                few_shot=False,  # zero-shot keeps the scored prompts short at toy scale
                 seed=settings.seed,
                 options=runner,
-                run_name=LABEL_RUN,
+                run_name=names["label"],
             )
             if not labeled.ok or not labeled.labeled:
                 raise DemoFailed(f"labeled {labeled.labeled} pairs; errors: {'; '.join(labeled.errors[:2])}")
             mean_prob = _mean_chosen_prob(db_path, labeled.run_id)
             info.update(labeled=labeled.labeled, flagged=labeled.flagged, mean_chosen_prob=mean_prob)
         say(
-            f"[4/7] label: {labeled.labeled} pairs by the SFT model, the paper's multiple-choice question "
+            f"[4/7] label: {_n(labeled.labeled, 'pair')} by the SFT model, the paper's multiple-choice question (zero-shot) "
             f"scored exactly (logprobs of (A)/(B)); mean chosen_prob {_f(mean_prob)} ({info['seconds']:.0f}s)"
         )
 
@@ -328,7 +358,7 @@ def run_demo(
                 db=db_path,
                 model=sl_dir,
                 out=pm_dir,
-                run=LABEL_RUN,
+                run=names["label"],
                 max_steps=settings.reward_steps,
                 batch_size=settings.batch_size,
                 learning_rate=settings.reward_lr,
@@ -341,7 +371,7 @@ def run_demo(
                 eval_ece=pm.get("eval_ece"),
             )
         say(
-            f"[5/7] train reward: soft-label preference model on {pm['train_rows']} pairs; held-out "
+            f"[5/7] train reward: soft-label preference model on {_n(pm['train_rows'], 'pair')}; held-out "
             f"({pm.get('eval_rows')}) accuracy {_f(pm.get('eval_accuracy'), 2)}, calibration error "
             f"{_f(pm.get('eval_ece'))} ({info['seconds']:.0f}s) -> {pm_dir}"
         )
@@ -354,13 +384,17 @@ def run_demo(
                 model=sl_dir,
                 out=rl_dir,
                 reward_model=pm_dir,
-                run=SAMPLE_RUN,
+                run=names["sample"],
                 eval_prompts=_data("eval.jsonl"),
                 max_steps=settings.ppo_steps,
                 batch_size=settings.batch_size,
                 learning_rate=settings.ppo_lr,
                 seed=settings.seed,
-                params={"response_length": settings.max_tokens, **quiet_params},
+                params={
+                    "response_length": settings.max_tokens,
+                    "num_ppo_epochs": settings.ppo_epochs,
+                    **quiet_params,
+                },
             )
             info.update(
                 training_run_id=ppo["training_run_id"],
