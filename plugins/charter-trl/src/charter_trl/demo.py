@@ -307,7 +307,7 @@ def run_demo(
         )
 
         with stage("sample") as info:
-            from charter import rl
+            import charter.rl as rl
 
             sampled = rl.sample(
                 _data("rl.jsonl"),
