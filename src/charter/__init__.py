@@ -32,7 +32,6 @@ _LAZY = {
     "PromptTemplate": "charter.prompts",
     "load_prompt": "charter.prompts",
     "Store": "charter.store",
-    "export": "charter.export",
     "get_backend": "charter.backends.registry",
     "RunnerOptions": "charter.runner",
     "run_chain": "charter.session",

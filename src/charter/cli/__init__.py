@@ -56,7 +56,10 @@ def main() -> None:
     """Entry point: map user errors to one line and exit status 2, run-time failures to 1."""
     _register_plugin_commands()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, typer returns the code of a `typer.Exit(n)` instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
