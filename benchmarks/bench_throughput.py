@@ -1,7 +1,7 @@
 """Calls per second: charter vs a plain LiteLLM loop vs a plain AsyncOpenAI loop, same local server.
 
     .venv/bin/python benchmarks/bench_throughput.py [--calls 2000] [--latency-ms 50]
-        [--concurrency 16,64,256] [--modes openai,litellm,revise,revise-litellm,label,label-litellm] [--repeat 1]
+        [--concurrency 16,64,256] [--modes ...] [--repeat 1]
 
 The fake OpenAI-compatible server (charter.testing.fake_openai) runs in its own process and answers
 every request after --latency-ms, so the numbers measure the client side. Each measurement runs in a
@@ -14,6 +14,8 @@ fresh child process (same interpreter, litellm already imported before the clock
 - `revise`: `charter.sl.revise` (rounds=1: respond, critique, revision = 3 calls per prompt) into a
   fresh DuckDB file with `--concurrency C`, default backend (the OpenAI fast path for `openai/`).
 - `revise-litellm`: the same with `--param charter_fast_path=false` (every call through litellm).
+- `revise-2proc`: two `revise --shard i/2` processes at once, each with half the concurrency and its
+  own DuckDB file: the most that worker processes (one event loop per core) could add here.
 - `label`: `charter.rl.label` (multiple choice with log-probabilities, one call per pair) over pairs
   made beforehand, untimed, by `charter.rl.sample`; `label-litellm` the same through litellm.
 
@@ -135,6 +137,75 @@ def child_revise(url: str, calls: int, concurrency: int, fast: bool, workers: in
     return {"calls": summary.calls, "seconds": elapsed, "cpu_s": cpu}
 
 
+def child_revise_shard(url: str, calls: int, concurrency: int, shard: str, prompts: str, db: str) -> dict:
+    """One shard of a revise run; reports its timed window in wall-clock time (time.time)."""
+    from charter.backends.litellm_backend import import_litellm
+    from charter.runner import RunnerOptions
+    from charter.sl import revise
+
+    import_litellm()
+    started, cpu = time.time(), _cpu()
+    summary = revise(
+        prompts,
+        db=db,
+        model=MODEL,
+        api_base=url,
+        rounds=1,
+        shard=shard,
+        options=RunnerOptions(concurrency=concurrency, max_retries=0),
+    )
+    if not summary.ok:
+        raise RuntimeError(f"revise failed: {summary.errors[:3]}")
+    return {"calls": summary.calls, "start": started, "end": time.time(), "cpu_s": _cpu() - cpu}
+
+
+def child_revise_processes(url: str, calls: int, concurrency: int, processes: int) -> dict:
+    """`processes` shard processes at once on this machine, concurrency split between them.
+
+    This is what `--workers N` would buy (N event loops, N CPU cores): its upper bound, since each
+    process also writes its own DuckDB file instead of sending rows to one writer.
+    """
+    import subprocess
+
+    from _common import SRC
+
+    prompts_count = math.ceil(calls / 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_prompts(Path(tmp) / "prompts.jsonl", prompts_count)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--shard-child",
+                    url,
+                    str(max(1, concurrency // processes)),
+                    f"{i}/{processes}",
+                    str(path),
+                    str(Path(tmp) / f"shard{i}.duckdb"),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for i in range(processes)
+        ]
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"shard process failed ({proc.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return {
+        "calls": sum(r["calls"] for r in results),
+        "seconds": wall,
+        "cpu_s": sum(r["cpu_s"] for r in results),
+    }
+
+
 def child_label(url: str, calls: int, concurrency: int, fast: bool = True) -> dict:
     """`charter.rl.label` (multiple choice, log-probabilities): one call per pair.
 
@@ -172,6 +243,7 @@ CHILDREN = {
     "litellm": lambda url, n, c, w: child_litellm(url, n, c),
     "revise": lambda url, n, c, w: child_revise(url, n, c, fast=True, workers=w),
     "revise-litellm": lambda url, n, c, w: child_revise(url, n, c, fast=False, workers=w),
+    "revise-2proc": lambda url, n, c, w: child_revise_processes(url, n, c, 2),
     "label": lambda url, n, c, w: child_label(url, n, c, fast=True),
     "label-litellm": lambda url, n, c, w: child_label(url, n, c, fast=False),
 }
@@ -203,7 +275,7 @@ def report(results: dict[str, dict[int, list[dict]]], levels: list[int], header:
     cpu = {m: [fmt(best(m, c, "cpu_ms"), ".2f") for c in levels] for m in modes}
     ratios: dict[str, list[str]] = {}
     cpu_ratios: dict[str, list[str]] = {}
-    for charter_mode in ("revise", "revise-litellm", "label", "label-litellm"):
+    for charter_mode in ("revise", "revise-litellm", "revise-2proc", "label", "label-litellm"):
         for base in ("litellm", "openai"):
             if charter_mode not in results or base not in results:
                 continue
@@ -238,11 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="measure each cell this many times")
     parser.add_argument("--workers", type=int, default=1, help="charter worker processes (revise modes)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--shard-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument(
         "--child", nargs=5, metavar=("MODE", "URL", "CALLS", "CONC", "WORKERS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
 
+    if args.shard_child:
+        url, conc, shard, prompts, db = args.shard_child
+        print(json.dumps(child_revise_shard(url, 0, int(conc), shard, prompts, db)))
+        return 0
     if args.child:
         mode, url, calls, conc, workers = args.child
         print(json.dumps(CHILDREN[mode](url, int(calls), int(conc), int(workers))))

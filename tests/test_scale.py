@@ -254,3 +254,14 @@ def test_store_run_ids_come_from_the_run_name(tmp_path):
     with Store(tmp_path / "a.duckdb") as a, Store(tmp_path / "b.duckdb") as b:
         assert a.start_run("revise-x", "revise", {})[0] == b.start_run("revise-x", "revise", {})[0]
         assert a.start_run("revise-y", "revise", {})[0] != a.start_run("revise-x", "revise", {})[0]
+
+
+def test_both_paths_pick_the_same_key(server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("HOSTED_VLLM_API_KEY", "vllm-secret")
+    # hosted_vllm/: the provider's own variable (litellm reads it when no api_key is passed).
+    assert "api_key" not in LiteLLMBackend("hosted_vllm/m", api_base=server.base_url).client_options
+    assert OpenAIFastBackend("hosted_vllm/m", api_base=server.base_url)._api_key == "vllm-secret"
+    # openai/ against a local server with no key anywhere: the same placeholder on both paths.
+    assert LiteLLMBackend("openai/m", api_base=server.base_url).client_options["api_key"] == "no-key"
+    assert OpenAIFastBackend("openai/m", api_base=server.base_url)._api_key == "no-key"

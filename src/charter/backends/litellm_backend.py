@@ -188,10 +188,12 @@ class LiteLLMBackend:
         self.client_options.setdefault("timeout", timeout)
         # Local OpenAI-compatible servers (vLLM, the test server) need no key, but the openai
         # client insists on one; give a placeholder only when the user set none anywhere.
+        # (Not for hosted_vllm/: litellm falls back to HOSTED_VLLM_API_KEY, then a placeholder, itself.)
         if (
             "api_base" in self.client_options
             and "api_key" not in self.client_options
             and not os.environ.get("OPENAI_API_KEY")
+            and not model.startswith("hosted_vllm/")
         ):
             self.client_options["api_key"] = "no-key"
 
