@@ -14,6 +14,8 @@ fresh child process (same interpreter, litellm already imported before the clock
 - `revise`: `charter.sl.revise` (rounds=1: respond, critique, revision = 3 calls per prompt) into a
   fresh DuckDB file with `--concurrency C`, default backend (the OpenAI fast path for `openai/`).
 - `revise-litellm`: the same with `--param charter_fast_path=false` (every call through litellm).
+- `revise-router`: the same through LiteLLM's Router (two deployments, both this server), what a
+  repeated `--api-base` uses.
 - `revise-2proc`: two `revise --shard i/2` processes at once, each with half the concurrency and its
   own DuckDB file: the most that worker processes (one event loop per core) could add here.
 - `label`: `charter.rl.label` (multiple choice with log-probabilities, one call per pair) over pairs
@@ -108,7 +110,7 @@ def child_litellm(url: str, calls: int, concurrency: int) -> dict:
     return {"calls": calls, "seconds": elapsed, "cpu_s": cpu}
 
 
-def child_revise(url: str, calls: int, concurrency: int, fast: bool, workers: int = 1) -> dict:
+def child_revise(url: str, calls: int, concurrency: int, fast: bool, router: bool = False) -> dict:
     from charter.backends.litellm_backend import import_litellm
     from charter.runner import RunnerOptions
     from charter.sl import revise
@@ -120,16 +122,14 @@ def child_revise(url: str, calls: int, concurrency: int, fast: bool, workers: in
         path = write_prompts(Path(tmp) / "prompts.jsonl", prompts)
         params = {} if fast else {"charter_fast_path": False}
         started, cpu = time.perf_counter(), _cpu()
-        kwargs = {"workers": workers} if workers > 1 else {}
         summary = revise(
             path,
             db=Path(tmp) / "bench.duckdb",
             model=MODEL,
-            api_base=url,
+            api_base=[url, url] if router else url,
             rounds=rounds,
             params=params,
             options=RunnerOptions(concurrency=concurrency, max_retries=0),
-            **kwargs,
         )
         elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     if not summary.ok:
@@ -162,8 +162,8 @@ def child_revise_shard(url: str, calls: int, concurrency: int, shard: str, promp
 def child_revise_processes(url: str, calls: int, concurrency: int, processes: int) -> dict:
     """`processes` shard processes at once on this machine, concurrency split between them.
 
-    This is what `--workers N` would buy (N event loops, N CPU cores): its upper bound, since each
-    process also writes its own DuckDB file instead of sending rows to one writer.
+    This is what worker processes (one event loop each, rows sent to one writer) could buy at
+    most: here each process even writes its own DuckDB file, so nothing is shared.
     """
     import subprocess
 
@@ -241,8 +241,9 @@ CHILDREN = {
     "openai": lambda url, n, c, w: child_openai(url, n, c),
     "openai-aiohttp": lambda url, n, c, w: child_openai(url, n, c, aiohttp=True),
     "litellm": lambda url, n, c, w: child_litellm(url, n, c),
-    "revise": lambda url, n, c, w: child_revise(url, n, c, fast=True, workers=w),
-    "revise-litellm": lambda url, n, c, w: child_revise(url, n, c, fast=False, workers=w),
+    "revise": lambda url, n, c, w: child_revise(url, n, c, fast=True),
+    "revise-litellm": lambda url, n, c, w: child_revise(url, n, c, fast=False),
+    "revise-router": lambda url, n, c, w: child_revise(url, n, c, fast=False, router=True),
     "revise-2proc": lambda url, n, c, w: child_revise_processes(url, n, c, 2),
     "label": lambda url, n, c, w: child_label(url, n, c, fast=True),
     "label-litellm": lambda url, n, c, w: child_label(url, n, c, fast=False),
@@ -275,7 +276,14 @@ def report(results: dict[str, dict[int, list[dict]]], levels: list[int], header:
     cpu = {m: [fmt(best(m, c, "cpu_ms"), ".2f") for c in levels] for m in modes}
     ratios: dict[str, list[str]] = {}
     cpu_ratios: dict[str, list[str]] = {}
-    for charter_mode in ("revise", "revise-litellm", "revise-2proc", "label", "label-litellm"):
+    for charter_mode in (
+        "revise",
+        "revise-litellm",
+        "revise-router",
+        "revise-2proc",
+        "label",
+        "label-litellm",
+    ):
         for base in ("litellm", "openai"):
             if charter_mode not in results or base not in results:
                 continue
@@ -308,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="16,64,256", help="comma-separated levels")
     parser.add_argument("--modes", default="openai,litellm,revise,revise-litellm,label,label-litellm")
     parser.add_argument("--repeat", type=int, default=1, help="measure each cell this many times")
-    parser.add_argument("--workers", type=int, default=1, help="charter worker processes (revise modes)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--shard-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -321,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_revise_shard(url, 0, int(conc), shard, prompts, db)))
         return 0
     if args.child:
-        mode, url, calls, conc, workers = args.child
-        print(json.dumps(CHILDREN[mode](url, int(calls), int(conc), int(workers))))
+        mode, url, calls, conc, _ = args.child
+        print(json.dumps(CHILDREN[mode](url, int(calls), int(conc), 1)))
         return 0
 
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -336,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             # Modes are interleaved within each repeat, so load from elsewhere hits them alike.
             for _ in range(args.repeat):
                 for mode in modes:
-                    res = run_child(
-                        [script, "--child", mode, url, str(args.calls), str(conc), str(args.workers)]
-                    )
+                    res = run_child([script, "--child", mode, url, str(args.calls), str(conc), "1"])
                     results[mode][conc].append(res)
                     if "seconds" in res:
                         shown = (
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             del results[mode]
     header = (
         f"{args.calls} calls per cell, server latency {args.latency_ms:g} ms, "
-        f"best of {args.repeat}, workers={args.workers}, {os.cpu_count()} CPUs"
+        f"best of {args.repeat}, {os.cpu_count()} CPUs"
     )
     print(report(results, levels, header))
     if args.json:

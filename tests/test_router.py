@@ -80,7 +80,11 @@ def test_endpoint_concurrency_and_router_defaults(server, second):
         "openai/test", api_base=[server.base_url, second.base_url], params={"endpoint_concurrency": 8}
     )
     assert isinstance(backend, RouterBackend)
-    assert [d["litellm_params"]["max_parallel_requests"] for d in backend.deployments] == [8, 8]
+    assert backend.endpoint_limits == [8, 8] and backend.max_in_flight == 16
+    # Not LiteLLM's max_parallel_requests (a full endpoint answers 429 and gets cooled down):
+    # the limits are routing weights, and the backend caps the total in flight.
+    assert [d["litellm_params"]["weight"] for d in backend.deployments] == [8, 8]
+    assert all("max_parallel_requests" not in d["litellm_params"] for d in backend.deployments)
     assert backend.settings["num_retries"] == 2  # fail over to the other endpoint
     assert backend.settings["retry_after"] == 0  # backoff is the runner's job
     assert "api_key" not in json.dumps(backend.describe())

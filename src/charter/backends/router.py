@@ -3,7 +3,8 @@
 Two ways in:
 
 - `--api-base URL` given more than once: one deployment per URL, all serving `--model`;
-  `--param endpoint_concurrency=N` caps the requests in flight on each of them.
+  `--param endpoint_concurrency=N` is each one's share: the Router weighs its picks by the
+  limits, and the backend keeps at most their sum in flight (extra requests wait; none is rejected).
 - `--router FILE` (YAML or JSON): a LiteLLM Router config, `model_list` (each entry `model_name` +
   `litellm_params`, as in LiteLLM's proxy config) and optional `router_settings` (any `Router(...)`
   argument, e.g. `routing_strategy`); `--model` names the `model_name` group to use.
@@ -18,6 +19,7 @@ runner attempts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from pathlib import Path
@@ -132,15 +134,26 @@ class RouterBackend:
                 for base in bases
             ]
             settings = {}
+        limits: list[int | None] = []
         for entry in model_list:
             params = entry["litellm_params"]
             params.setdefault("timeout", options.get("timeout", timeout))
-            if per_endpoint is not None:
-                params.setdefault("max_parallel_requests", int(per_endpoint))
-            limit = params.get("max_parallel_requests")
+            # LiteLLM answers a request that finds its endpoint full with a 429, which also counts
+            # toward cooling the endpoint down: under load the Router would fight itself and the
+            # runner. So charter takes the limits over: the fleet's total caps requests in flight
+            # (extra ones wait), and each endpoint's limit is its weight in the Router's shuffle.
+            limit = params.pop("max_parallel_requests", None)
+            if limit is None and per_endpoint is not None:
+                limit = per_endpoint
             if limit is not None:
-                # Spread requests in proportion to what each endpoint takes.
                 params.setdefault("weight", int(limit))
+            if entry["model_name"] == group:
+                limits.append(int(limit) if limit is not None else None)
+        self.endpoint_limits = limits
+        self.max_in_flight: int | None = (
+            sum(x for x in limits if x is not None) if limits and all(x is not None for x in limits) else None
+        )
+        self._gates: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
         self.deployments = [e for e in model_list if e["model_name"] == group]
         endpoints = len(self.deployments)
         self.settings = {**DEFAULT_SETTINGS, "num_retries": endpoints if endpoints > 1 else 0, **settings}
@@ -158,6 +171,17 @@ class RouterBackend:
             ],
             "settings": self.settings,
         }
+
+    def _gate(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The fleet-wide cap on requests in flight (sum of the endpoint limits), per event loop."""
+        if self.max_in_flight is None:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+        entry = self._gates.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            entry = (loop, asyncio.Semaphore(self.max_in_flight))
+            self._gates[id(loop)] = entry
+        return entry[1]
 
     def _get_router(self) -> Any:
         if self._router is None:
@@ -177,10 +201,13 @@ class RouterBackend:
             params["n"] = request.n
         started = time.perf_counter()
         try:
-            if request.mode == "chat":
-                response = await router.acompletion(model=self.group, messages=request.messages, **params)
-            else:
-                response = await router.atext_completion(model=self.group, prompt=request.prompt, **params)
+            async with self._gate():
+                if request.mode == "chat":
+                    response = await router.acompletion(model=self.group, messages=request.messages, **params)
+                else:
+                    response = await router.atext_completion(
+                        model=self.group, prompt=request.prompt, **params
+                    )
         except Exception as exc:
             raise _classify(exc, self.settings) from exc
         latency_ms = (time.perf_counter() - started) * 1000

@@ -72,7 +72,7 @@ ApiBasesOpt = typer.Option(
     None,
     "--api-base",
     help="Base URL of an OpenAI-compatible (or other) endpoint. Repeat it to spread calls over several "
-    "endpoints (LiteLLM Router; --param endpoint_concurrency=N caps each).",
+    "endpoints (LiteLLM Router; --param endpoint_concurrency=N is each one's share).",
 )
 RouterOpt = typer.Option(
     None,
