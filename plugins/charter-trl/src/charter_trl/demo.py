@@ -212,7 +212,8 @@ def run_demo(
     log_path = out_dir / "demo.log"
     started = time.perf_counter()
     result: dict[str, Any] = {"model": model_dir, "tiny": is_tiny, "db": str(db_path), "log": str(log_path)}
-    gen = {"max_tokens": settings.max_tokens}
+    # A fixed sampling seed makes the local model's text, and so every later number, repeatable.
+    gen = {"max_tokens": settings.max_tokens, "seed": settings.seed}
     # Run names tied to the model and settings: the same demo again resumes its runs (answers come
     # from the request cache), another model or setting in the same database gets runs of its own.
     tag = hashlib.sha256(json.dumps([model_dir, asdict(settings)], default=str).encode()).hexdigest()[:8]
