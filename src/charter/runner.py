@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import RetryCallState
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
@@ -73,12 +73,13 @@ class RateLimiter:
 class _BackoffWait(wait_base):
     """Exponential backoff with full jitter, or the server's Retry-After when it sends one."""
 
-    def __init__(self, options: RunnerOptions) -> None:
+    def __init__(self, options: RunnerOptions, offset: int = 0) -> None:
         self.options = options
+        self.offset = offset  # attempts made before tenacity took over
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        return backoff_seconds(self.options, exc, retry_state.attempt_number)
+        return backoff_seconds(self.options, exc, retry_state.attempt_number + self.offset)
 
 
 def backoff_seconds(options: RunnerOptions, exc: BaseException | None, attempt_number: int) -> float:
@@ -132,31 +133,51 @@ class Runner:
                 if self.on_call:
                     self.on_call(result)
                 return result
-        attempts = 0
         started = time.perf_counter()
-        # A plain loop rather than tenacity's AsyncRetrying: same policy (retry retryable
-        # BackendErrors up to max_retries times, backoff_seconds between), without its per-call cost.
-        while True:
-            attempts += 1
-            try:
-                async with self._slots:
-                    if self._limiter is not None:
-                        await self._limiter.acquire()
-                    completion = await self.backend.complete(request)
-                break
-            except BackendError as exc:
-                if not _is_retryable(exc) or attempts > self.options.max_retries:
-                    self._store_call(step, request, key, None, attempts, error=str(exc), started=started)
-                    raise CallFailed(
-                        f"{step}: {exc} (after {attempts} attempt{'s' if attempts != 1 else ''})"
-                    ) from exc
-                await asyncio.sleep(backoff_seconds(self.options, exc, attempts))
+        attempts = 1
+        try:
+            # The first attempt runs bare: building tenacity's retry machinery for every call costs
+            # more CPU than the call itself on a fast server, and nearly every call succeeds first time.
+            completion = await self._attempt(request)
+        except BackendError as first:
+            completion, attempts = await self._retry(step, request, key, first, started)
         self.calls_made += 1
         call_id = self._store_call(step, request, key, completion, attempts, error=None, started=started)
         result = CallResult(completion, call_id, cached=False)
         if self.on_call:
             self.on_call(result)
         return result
+
+    async def _attempt(self, request: CompletionRequest) -> Completion:
+        async with self._slots:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            return await self.backend.complete(request)
+
+    async def _retry(
+        self, step: str, request: CompletionRequest, key: str, first: BackendError, started: float
+    ) -> tuple[Completion, int]:
+        """Retries after a failed first attempt, with tenacity: the one retry policy of charter."""
+        attempts = 1
+        try:
+            if not _is_retryable(first) or self.options.max_retries == 0:
+                raise first
+            await asyncio.sleep(backoff_seconds(self.options, first, 1))
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_retryable),
+                stop=stop_after_attempt(self.options.max_retries),
+                wait=_BackoffWait(self.options, offset=1),
+                reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    completion = await self._attempt(request)
+            return completion, attempts
+        except BackendError as exc:
+            self._store_call(step, request, key, None, attempts, error=str(exc), started=started)
+            raise CallFailed(
+                f"{step}: {exc} (after {attempts} attempt{'s' if attempts != 1 else ''})"
+            ) from exc
 
     def _store_call(
         self,
