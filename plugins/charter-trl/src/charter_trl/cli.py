@@ -74,6 +74,7 @@ def _highlights(kind: str, metrics: dict[str, Any]) -> str:
 
 
 def _train(kind: str, **kwargs: Any) -> None:
+    """Run `kind` with a command's own parameters (its `locals()`); a failed run exits 1."""
     _env()
     from charter_trl.training import TrainingFailed, is_main_process, run_training
 
@@ -111,21 +112,7 @@ def sft_cmd(
     param: list[str] | None = TrainParamOpt,
 ) -> None:
     """SL-CAI: supervised fine-tuning on the revisions (sft_examples)."""
-    _train(
-        "sft",
-        db=db,
-        model=model,
-        out=out,
-        run=run,
-        where=where,
-        all_rounds=all_rounds,
-        mix=mix,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        param=param,
-    )
+    _train("sft", **locals())
 
 
 @train_app.command("reward")
@@ -145,20 +132,7 @@ def reward_cmd(
     param: list[str] | None = TrainParamOpt,
 ) -> None:
     """RL-CAI: the preference (reward) model on preference_pairs, with held-out accuracy and calibration."""
-    _train(
-        "reward",
-        db=db,
-        model=model,
-        out=out,
-        run=run,
-        where=where,
-        hard_labels=hard_labels,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        param=param,
-    )
+    _train("reward", **locals())
 
 
 @train_app.command("ppo")
@@ -186,22 +160,7 @@ def ppo_cmd(
     param: list[str] | None = TrainParamOpt,
 ) -> None:
     """RL-CAI: PPO against the reward model on the database's prompts, reward before vs after."""
-    _train(
-        "ppo",
-        db=db,
-        model=model,
-        out=out,
-        reward_model=reward_model,
-        run=run,
-        prompts_from_run=prompts_from_run,
-        where=where,
-        eval_prompts=eval_prompts,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        param=param,
-    )
+    _train("ppo", **locals())
 
 
 @train_app.command("dpo")
@@ -218,19 +177,7 @@ def dpo_cmd(
     param: list[str] | None = TrainParamOpt,
 ) -> None:
     """DPO on preference_pairs: the RL-free alternative to reward model + PPO."""
-    _train(
-        "dpo",
-        db=db,
-        model=model,
-        out=out,
-        run=run,
-        where=where,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        param=param,
-    )
+    _train("dpo", **locals())
 
 
 def demo_cmd(

@@ -237,9 +237,7 @@ def run_demo(
             try:
                 with _quiet(log):
                     yield info
-            except DemoFailed as exc:
-                raise DemoFailed(f"demo stage {name!r} failed: {exc} (details in {log_path})") from exc
-            except ValueError as exc:
+            except (DemoFailed, ValueError) as exc:
                 raise DemoFailed(f"demo stage {name!r} failed: {exc} (details in {log_path})") from exc
             except Exception as exc:
                 import traceback
@@ -251,6 +249,16 @@ def run_demo(
                 ) from exc
             info["seconds"] = time.perf_counter() - t0
             result[name] = info
+
+        def train(kind: str, info: dict[str, Any], keys: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
+            """Run `kind` with the demo's batch size and seed; note its run id and `keys` in `info`."""
+            from .training import run_training
+
+            metrics = run_training(
+                kind, db=db_path, batch_size=settings.batch_size, seed=settings.seed, **kwargs
+            )
+            info.update(training_run_id=metrics["training_run_id"], **{k: metrics.get(k) for k in keys})
+            return metrics
 
         from charter.runner import RunnerOptions
 
@@ -287,21 +295,17 @@ def run_demo(
 
         sl_dir = out_dir / "sl-cai"
         with stage("sft") as info:
-            from .training import run_training
-
-            sft = run_training(
+            sft = train(
                 "sft",
-                db=db_path,
+                info,
+                ("final_loss",),
                 model=model_dir,
                 out=sl_dir,
                 run=names["revise"],
                 max_steps=settings.sft_steps,
-                batch_size=settings.batch_size,
                 learning_rate=settings.sft_lr,
-                seed=settings.seed,
                 params=quiet_params,
             )
-            info.update(training_run_id=sft["training_run_id"], final_loss=sft.get("final_loss"))
         say(
             f"[2/7] train sft: {_n(sft['train_rows'], 'revision')}, {_n(sft['steps'], 'step')}, final loss "
             f"{_f(sft.get('final_loss'))} ({info['seconds']:.0f}s) -> {sl_dir}"
@@ -354,22 +358,16 @@ def run_demo(
 
         pm_dir = out_dir / "pm"
         with stage("reward") as info:
-            pm = run_training(
+            pm = train(
                 "reward",
-                db=db_path,
+                info,
+                ("eval_accuracy", "eval_ece"),
                 model=sl_dir,
                 out=pm_dir,
                 run=names["label"],
                 max_steps=settings.reward_steps,
-                batch_size=settings.batch_size,
                 learning_rate=settings.reward_lr,
-                seed=settings.seed,
                 params={"eval_fraction": 0.25, **quiet_params},
-            )
-            info.update(
-                training_run_id=pm["training_run_id"],
-                eval_accuracy=pm.get("eval_accuracy"),
-                eval_ece=pm.get("eval_ece"),
             )
         say(
             f"[5/7] train reward: soft-label preference model on {_n(pm['train_rows'], 'pair')}; held-out "
@@ -379,29 +377,22 @@ def run_demo(
 
         rl_dir = out_dir / "rl-cai"
         with stage("ppo") as info:
-            ppo = run_training(
+            ppo = train(
                 "ppo",
-                db=db_path,
+                info,
+                ("mean_reward_before", "mean_reward_after", "final_kl"),
                 model=sl_dir,
                 out=rl_dir,
                 reward_model=pm_dir,
                 run=names["sample"],
                 eval_prompts=_data("eval.jsonl"),
                 max_steps=settings.ppo_steps,
-                batch_size=settings.batch_size,
                 learning_rate=settings.ppo_lr,
-                seed=settings.seed,
                 params={
                     "response_length": settings.max_tokens,
                     "num_ppo_epochs": settings.ppo_epochs,
                     **quiet_params,
                 },
-            )
-            info.update(
-                training_run_id=ppo["training_run_id"],
-                mean_reward_before=ppo.get("mean_reward_before"),
-                mean_reward_after=ppo.get("mean_reward_after"),
-                final_kl=ppo.get("final_kl"),
             )
         say(
             f"[6/7] train ppo: {ppo['steps']} PPO updates on {ppo['train_rows']} prompts against the reward "
