@@ -414,57 +414,54 @@ def run_pipeline(
     def ref(value: str) -> str:
         return by_name.get(value, value)
 
+    def common(step: ReviseStep | SampleStep | LabelStep, loc: str) -> dict[str, Any]:
+        """The arguments every model step's run takes: database, call options, mode, limit, name."""
+        return {
+            "db": target,
+            "mode": step.mode,
+            "limit": step.limit,
+            "run_name": step.name,
+            "progress": progress,
+            **_call_kwargs(pipeline.defaults, step, base, loc),
+        }
+
     for i, entry in enumerate(pipeline.steps):
         loc = f"{where}: steps[{i}].{entry.kind}"
         result: StepResult
         if isinstance(entry.body, ReviseStep):
             s = entry.body
-            kw = _call_kwargs(pipeline.defaults, s, base, loc)
             summary: RunSummary = sl.revise(
                 _resolve_input(base, s.prompts) or s.prompts,
-                db=target,
                 constitution=_resolve_constitution(base, s.constitution),
                 rounds=s.rounds,
-                mode=s.mode,
                 few_shot=s.few_shot,
-                limit=s.limit,
-                run_name=s.name,
-                progress=progress,
-                **kw,
+                **common(s, loc),
             )
             result = StepResult("revise", summary.run_name, summary)
         elif isinstance(entry.body, SampleStep):
             s2 = entry.body
-            kw = _call_kwargs(pipeline.defaults, s2, base, loc)
             from_run = None
             if s2.prompts is None:
                 from_run = ref(s2.from_run) if s2.from_run is not None else by_name["revise"]
             summary = rl.sample(
                 _resolve_input(base, s2.prompts),
-                db=target,
                 from_run=from_run,
                 n=s2.n,
                 temperature=s2.temperature,
                 pairs=s2.pairs,
                 system=s2.system,
-                mode=s2.mode,
-                limit=s2.limit,
-                run_name=s2.name,
-                progress=progress,
-                **kw,
+                **common(s2, loc),
             )
             sample_runs.append(summary.run_name)
             result = StepResult("sample", summary.run_name, summary)
         elif isinstance(entry.body, LabelStep):
             s3 = entry.body
-            kw = _call_kwargs(pipeline.defaults, s3, base, loc)
             if s3.from_run is None:
                 runs: list[str] | None = list(sample_runs) or None
             else:
                 wanted = [s3.from_run] if isinstance(s3.from_run, str) else s3.from_run
                 runs = [ref(r) for r in wanted]
             summary = rl.label(
-                db=target,
                 constitution=_resolve_constitution(base, s3.constitution),
                 method=s3.method,
                 ensemble=s3.ensemble,
@@ -474,13 +471,9 @@ def run_pipeline(
                 votes=s3.votes,
                 max_parse_retries=s3.max_parse_retries,
                 top_logprobs=s3.top_logprobs,
-                mode=s3.mode,
                 template=s3.template,
                 from_run=runs,
-                limit=s3.limit,
-                run_name=s3.name,
-                progress=progress,
-                **kw,
+                **common(s3, loc),
             )
             result = StepResult("label", summary.run_name, summary)
         else:

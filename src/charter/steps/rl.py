@@ -465,21 +465,22 @@ class _Labeler(Step[PairItem]):
         swapped: bool,
         kind: str,
         attempt: int,
-        result: CallResult | None,
+        result: CallResult | _Draw,
         answer: str | None,
         prob_a: float | None,
         source: str | None,
         reasoning_call: CallResult | None = None,
     ) -> FeedbackQuery:
+        """One query's record; `prob_a` as presented, stored in the pair's own order."""
         return FeedbackQuery(
             member=member,
             principle=principle.name,
             swapped=swapped,
             kind=kind,
             attempt=attempt,
-            call_id=result.call_id if result else None,
+            call_id=result.call_id,
             reasoning_call_id=reasoning_call.call_id if reasoning_call else None,
-            text=result.completion.text if result else None,
+            text=result.text if isinstance(result, _Draw) else result.completion.text,
             answer=answer,
             prob_a=None if prob_a is None else (1.0 - prob_a if swapped else prob_a),
             label_source=source,
@@ -579,20 +580,8 @@ class LabelMC(_Labeler):
         for j, d in enumerate(draws):
             letter = parse_answer(d.text)
             letters.append(letter)
-            queries.append(
-                FeedbackQuery(
-                    member=member,
-                    principle=principle.name,
-                    swapped=swapped,
-                    kind="vote",
-                    attempt=j,
-                    call_id=d.call_id,
-                    text=d.text,
-                    answer=letter,
-                    prob_a=None if letter is None else float((letter == "A") != swapped),
-                    label_source="vote",
-                )
-            )
+            prob = None if letter is None else float(letter == "A")
+            queries.append(self._query(member, principle, swapped, "vote", j, d, letter, prob, "vote"))
         prob_a = _vote(letters)
         return _Answer(prob_a is not None, prob_a, "vote", None, queries)
 

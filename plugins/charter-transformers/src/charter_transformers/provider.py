@@ -18,7 +18,8 @@ import asyncio
 import contextvars
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,8 +291,17 @@ def _shape(
     return _chat_response(plan, result, model_response)
 
 
-def _as_backend_error(exc: Exception, model: str) -> BackendError:
-    return BackendError(f"local model {model!r} failed: {type(exc).__name__}: {exc}"[:500], retryable=False)
+@contextmanager
+def _backend_errors(model: str) -> Iterator[None]:
+    """Record each `BackendError` raised inside; anything else becomes one, naming the model."""
+    try:
+        yield
+    except BackendError as exc:
+        _record(exc)
+        raise
+    except Exception as exc:
+        message = f"local model {model!r} failed: {type(exc).__name__}: {exc}"[:500]
+        raise _record(BackendError(message, retryable=False)) from exc
 
 
 class LocalProvider(CustomLLM):
@@ -318,14 +328,9 @@ class LocalProvider(CustomLLM):
     ) -> Any:
         """Blocking generation (litellm.completion / litellm.text_completion)."""
         text_mode = bool((litellm_params or {}).get("text_completion"))
-        try:
+        with _backend_errors(model):
             plan = _plan(model, messages, dict(optional_params), text_mode)
             result = plan.engine.submit(plan.job).result()
-        except BackendError as exc:
-            _record(exc)
-            raise
-        except Exception as exc:
-            raise _record(_as_backend_error(exc, model)) from exc
         return _shape(plan, result, messages, model_response)
 
     async def acompletion(  # type: ignore[override]
@@ -350,14 +355,9 @@ class LocalProvider(CustomLLM):
         """Generation without blocking the loop: loading and tokenizing in a thread, then the
         batching engine's worker thread."""
         text_mode = bool((litellm_params or {}).get("text_completion"))
-        try:
+        with _backend_errors(model):
             plan = await asyncio.to_thread(_plan, model, messages, dict(optional_params), text_mode)
             result = await plan.engine.generate(plan.job)
-        except BackendError as exc:
-            _record(exc)
-            raise
-        except Exception as exc:
-            raise _record(_as_backend_error(exc, model)) from exc
         return _shape(plan, result, messages, model_response)
 
     def streaming(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
