@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from charter.errors import error_msg, line_of, loc_str
 from charter.records import Message
 from charter.resources import builtin_data_dir
 
@@ -272,32 +273,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
     return data, node
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the deepest node along `loc` (a missing key points at its parent)."""
-    line = None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            child = node.value[part]
-        node = child
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
 # --- validation errors -----------------------------------------------------------------------------
-
-
-def _loc_str(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _validation_error(path: Path, error: ValidationError, node: yaml.Node | None) -> ConstitutionError:
@@ -305,10 +281,9 @@ def _validation_error(path: Path, error: ValidationError, node: yaml.Node | None
     errors = error.errors(include_url=False)
     for item in errors[:3]:
         loc = tuple(item["loc"])
-        msg = str(item["msg"]).removeprefix("Value error, ")
-        msg = msg[:1].lower() + msg[1:]  # "Field required" -> "field required"
-        text = f"{_loc_str(loc)}: {msg}" if loc else msg
-        line = _line_of(node, loc) if node is not None else None
+        msg = error_msg(item)
+        text = f"{loc_str(loc)}: {msg}" if loc else msg
+        line = line_of(node, loc)
         parts.append(f"{text} (line {line})" if line is not None else text)
     if len(errors) > 3:
         parts.append(f"(+{len(errors) - 3} more)")

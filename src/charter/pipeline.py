@@ -38,6 +38,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from charter.errors import error_msg, line_of, loc_str
 from charter.runner import RunnerOptions
 from charter.session import RunSummary
 
@@ -216,30 +217,6 @@ def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    line = None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            child = node.value[part]
-        node = child
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
-def _loc_str(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _expand(value: Any, loc: tuple[Any, ...], where: str, node: yaml.Node | None, env: dict[str, str]) -> Any:
     if isinstance(value, str):
 
@@ -248,10 +225,10 @@ def _expand(value: Any, loc: tuple[Any, ...], where: str, node: yaml.Node | None
             found = env.get(name)
             if found is None or (found == "" and default is not None):
                 if default is None:
-                    line = _line_of(node, loc)
+                    line = line_of(node, loc)
                     at = f" (line {line})" if line else ""
                     raise PipelineError(
-                        f"{where}: {_loc_str(loc)}: environment variable {name} is not set{at}"
+                        f"{where}: {loc_str(loc)}: environment variable {name} is not set{at}"
                     )
                 return default
             return found
@@ -293,13 +270,12 @@ def load_pipeline(path: str | Path, env: dict[str, str] | None = None) -> Pipeli
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        msg = msg[:1].lower() + msg[1:]
-        line = _line_of(node, loc)
+        msg = error_msg(err)
+        line = line_of(node, loc)
         at = f" (line {line})" if line else ""
         more = len(exc.errors()) - 1
         extra = f" (+{more} more)" if more > 0 else ""
-        raise PipelineError(f"{where}: {_loc_str(loc) or 'file'}: {msg}{at}{extra}") from None
+        raise PipelineError(f"{where}: {loc_str(loc) or 'file'}: {msg}{at}{extra}") from None
 
 
 # --- running ---------------------------------------------------------------------------------------
