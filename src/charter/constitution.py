@@ -108,10 +108,6 @@ class FewShot(_Strict):
     multiple_choice: list[MCExample] = Field(default_factory=list)
     chain_of_thought: list[str] = Field(default_factory=list)
 
-    def is_empty(self) -> bool:
-        """True when there is no few-shot material of any kind."""
-        return not (self.completion or self.chat or self.multiple_choice or self.chain_of_thought)
-
 
 class Constitution(_Strict):
     """A named set of principles with attribution and optional few-shot examples."""
