@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_base
 
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
-from charter.store.store import Store, completion_to_json
+from charter.store.store import CachedCall, Store, completion_to_json
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -124,12 +124,11 @@ class Runner:
             hit = self.store.cache_get(key)
             if hit is not None:
                 self.cache_hits += 1
-                result = CallResult(hit.completion, hit.call_id, cached=True)
+                call_id = hit.call_id
                 if hit.run_id != self.run_id:
                     # Another run paid for this answer: record that this run used it, once.
-                    result = CallResult(
-                        hit.completion, self._store_cached(step, request, key, hit), cached=True
-                    )
+                    call_id = self._store_cached(step, request, key, hit)
+                result = CallResult(hit.completion, call_id, cached=True)
                 if self.on_call:
                     self.on_call(result)
                 return result
@@ -193,7 +192,35 @@ class Runner:
         call_id = uuid.uuid4().hex
         if self.store is None:
             return call_id
-        row: dict[str, Any] = {
+        row = self._call_row(call_id, step, request, key, attempts=attempts, error=error, cached=False)
+        if completion is not None:
+            row.update(completion_to_json(completion))
+        else:
+            row["latency_ms"] = (time.perf_counter() - started) * 1000
+        self.store.add_call(row, completion)
+        return call_id
+
+    def _store_cached(self, step: str, request: CompletionRequest, key: str, hit: CachedCall) -> str:
+        assert self.store is not None
+        call_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{self.run_id}:{key}").hex
+        row = self._call_row(call_id, step, request, key, attempts=0, error=None, cached=True)
+        row.update(completion_to_json(hit.completion), latency_ms=0.0)
+        self.store.add_call(row)
+        return call_id
+
+    def _call_row(
+        self,
+        call_id: str,
+        step: str,
+        request: CompletionRequest,
+        key: str,
+        *,
+        attempts: int,
+        error: str | None,
+        cached: bool,
+    ) -> dict[str, Any]:
+        """The `calls` columns every row has, whatever the completion."""
+        return {
             "call_id": call_id,
             "run_id": self.run_id,
             "step": step,
@@ -202,33 +229,8 @@ class Runner:
             "request": json.dumps(request.to_log(), ensure_ascii=False),
             "attempts": attempts,
             "error": error,
-            "cached": False,
+            "cached": cached,
         }
-        if completion is not None:
-            row.update(completion_to_json(completion))
-        else:
-            row["latency_ms"] = (time.perf_counter() - started) * 1000
-        self.store.add_call(row, completion)
-        return call_id
-
-    def _store_cached(self, step: str, request: CompletionRequest, key: str, hit: Any) -> str:
-        assert self.store is not None
-        call_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{self.run_id}:{key}").hex
-        row = {
-            "call_id": call_id,
-            "run_id": self.run_id,
-            "step": step,
-            "model": request.model,
-            "cache_key": key,
-            "request": json.dumps(request.to_log(), ensure_ascii=False),
-            "attempts": 0,
-            "error": None,
-            "cached": True,
-            **completion_to_json(hit.completion),
-            "latency_ms": 0.0,
-        }
-        self.store.add_call(row)
-        return call_id
 
 
 async def bounded_map(
