@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -256,6 +256,17 @@ class _Answer:
     queries: list[FeedbackQuery] = field(default_factory=list)
 
 
+@dataclass
+class _Try:
+    """One attempt at a (member, order) query: what it read (P(A) as presented) and its record."""
+
+    prob_a: float | None
+    source: str | None
+    query: FeedbackQuery
+    reasoning: str | None = None
+    rendered: RenderedPrompt | None = None  # the question asked (multiple choice: the votes reuse it)
+
+
 class ScoringBackend:
     """Routes `score_options` through the runner like any call (cached, retried, stored in `calls`).
 
@@ -342,6 +353,36 @@ class _Labeler(Step[PairItem]):
     def few_shot(self, ctx: StepContext, rng: Any) -> Any:
         raise NotImplementedError
 
+    # Request defaults for an attempt (the user's --param values override them).
+    attempt_params: ClassVar[dict[str, Any]] = {}
+
+    async def _attempt(
+        self,
+        ctx: StepContext,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        attempt: int,
+        params: dict[str, Any],
+    ) -> _Try:
+        raise NotImplementedError
+
+    async def _votes(
+        self,
+        ctx: StepContext,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        queries: list[FeedbackQuery],
+        first: _Try,
+    ) -> _Answer:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
     async def ask(
         self,
         item: PairItem,
@@ -351,9 +392,20 @@ class _Labeler(Step[PairItem]):
         few_shot: Any,
         ctx: StepContext,
     ) -> _Answer:
-        raise NotImplementedError
+        """Ask until the answer can be read (`max_parse_retries` re-asks); with `votes > 1` a parsed
+        answer is settled by a vote instead."""
+        queries: list[FeedbackQuery] = []
+        base = _defaults(ctx, self.attempt_params)
+        for attempt in range(self.max_parse_retries + 1):
+            params = self._retry_params(ctx, attempt, base)
+            got = await self._attempt(ctx, item, member, principle, swapped, few_shot, attempt, params)
+            queries.append(got.query)
+            if got.source == "parsed" and self.votes > 1:
+                return await self._votes(ctx, item, member, principle, swapped, few_shot, queries, got)
+            if got.prob_a is not None:
+                return _Answer(True, got.prob_a, got.source, got.reasoning, queries)
+        return _Answer(False, queries=queries)
 
-    # -- shared --------------------------------------------------------------------------------
     def _template(self, ctx: StepContext) -> str:
         return self.template or self.template_name(ctx.mode)
 
@@ -518,6 +570,7 @@ class LabelMC(_Labeler):
 
     name = "label_mc"
     method = "logprobs"
+    attempt_params: ClassVar[dict[str, Any]] = {"max_tokens": 8, "temperature": 0.0}
 
     def template_name(self, mode: str) -> str:
         return "label-mc-paper" if mode == "completion" else "label-mc-chat"
@@ -540,40 +593,35 @@ class LabelMC(_Labeler):
             )
         return out
 
-    async def ask(
+    async def _attempt(
         self,
+        ctx: StepContext,
         item: PairItem,
         member: int,
         principle: Principle,
         swapped: bool,
         few_shot: Any,
-        ctx: StepContext,
-    ) -> _Answer:
+        attempt: int,
+        params: dict[str, Any],
+    ) -> _Try:
         rendered = self._render(ctx, item, principle, swapped, few_shot)
-        queries: list[FeedbackQuery] = []
-        base = _defaults(ctx, {"max_tokens": 8, "temperature": 0.0})
-        for attempt in range(self.max_parse_retries + 1):
-            result, prob_a, source, answer = await self._read(
-                ctx, "label", rendered, attempt, **self._retry_params(ctx, attempt, base)
-            )
-            queries.append(
-                self._query(member, principle, swapped, "mc", attempt, result, answer, prob_a, source)
-            )
-            if source == "parsed" and self.votes > 1:
-                return await self._votes(ctx, rendered, member, principle, swapped, queries)
-            if prob_a is not None:
-                return _Answer(True, prob_a, source, None, queries)
-        return _Answer(False, queries=queries)
+        result, prob_a, source, answer = await self._read(ctx, "label", rendered, attempt, **params)
+        query = self._query(member, principle, swapped, "mc", attempt, result, answer, prob_a, source)
+        return _Try(prob_a, source, query, rendered=rendered)
 
     async def _votes(
         self,
         ctx: StepContext,
-        rendered: RenderedPrompt,
+        item: PairItem,
         member: int,
         principle: Principle,
         swapped: bool,
+        few_shot: Any,
         queries: list[FeedbackQuery],
+        first: _Try,
     ) -> _Answer:
+        assert first.rendered is not None
+        rendered = first.rendered
         params = _defaults(ctx, {"max_tokens": 8, "temperature": 1.0})
         draws = await self._vote_sampler.draw(ctx, "label_vote", rendered, self.votes, **params)
         letters: list[str | None] = []
@@ -596,6 +644,7 @@ class LabelCoT(_Labeler):
 
     name = "label_cot"
     method = "cot"
+    attempt_params: ClassVar[dict[str, Any]] = {"max_tokens": 512}
 
     def __init__(self, constitution: Constitution | str = "anthropic-rl", **kwargs: Any) -> None:
         kwargs.setdefault("clamp", (0.4, 0.6))
@@ -652,34 +701,24 @@ class LabelCoT(_Labeler):
                 prob_a, source, answer = (1.0 if from_reasoning == "A" else 0.0), "parsed", from_reasoning
         return thought, reasoning, result, prob_a, source, answer
 
-    async def ask(
+    async def _attempt(
         self,
+        ctx: StepContext,
         item: PairItem,
         member: int,
         principle: Principle,
         swapped: bool,
         few_shot: Any,
-        ctx: StepContext,
-    ) -> _Answer:
-        queries: list[FeedbackQuery] = []
-        base = _defaults(ctx, {"max_tokens": 512})
-        for attempt in range(self.max_parse_retries + 1):
-            params = self._retry_params(ctx, attempt, base)
-            thought, reasoning, result, prob_a, source, answer = await self._reason_and_answer(
-                ctx, item, principle, swapped, few_shot, attempt, params
-            )
-            queries.append(
-                self._query(
-                    member, principle, swapped, "cot", attempt, result, answer, prob_a, source, thought
-                )
-            )
-            if source == "parsed" and self.votes > 1:
-                return await self._votes(
-                    ctx, item, member, principle, swapped, few_shot, queries, reasoning, prob_a
-                )
-            if prob_a is not None:
-                return _Answer(True, prob_a, source, reasoning, queries)
-        return _Answer(False, queries=queries)
+        attempt: int,
+        params: dict[str, Any],
+    ) -> _Try:
+        thought, reasoning, result, prob_a, source, answer = await self._reason_and_answer(
+            ctx, item, principle, swapped, few_shot, attempt, params
+        )
+        query = self._query(
+            member, principle, swapped, "cot", attempt, result, answer, prob_a, source, thought
+        )
+        return _Try(prob_a, source, query, reasoning=reasoning)
 
     async def _votes(
         self,
@@ -690,13 +729,12 @@ class LabelCoT(_Labeler):
         swapped: bool,
         few_shot: Any,
         queries: list[FeedbackQuery],
-        first_reasoning: str,
-        first_prob: float | None,
+        first: _Try,
     ) -> _Answer:
         # The first chain of thought counts as vote 0; votes-1 more are sampled (sample_index 1000+j
         # keeps them apart from the retries' indexes).
         params = _defaults(ctx, {"max_tokens": 512, "temperature": 1.0})
-        letters: list[str | None] = [None if first_prob is None else ("A" if first_prob >= 0.5 else "B")]
+        letters: list[str | None] = [None if first.prob_a is None else ("A" if first.prob_a >= 0.5 else "B")]
         for j in range(1, self.votes):
             thought, _, result, prob_a, _, _ = await self._reason_and_answer(
                 ctx, item, principle, swapped, few_shot, 1000 + j, params
@@ -707,7 +745,7 @@ class LabelCoT(_Labeler):
                 self._query(member, principle, swapped, "vote", j, result, letter, prob_a, "vote", thought)
             )
         prob_a = _vote(letters)
-        return _Answer(prob_a is not None, prob_a, "vote", first_reasoning, queries)
+        return _Answer(prob_a is not None, prob_a, "vote", first.reasoning, queries)
 
 
 def new_pair(row: dict[str, Any]) -> PairItem:
