@@ -71,14 +71,6 @@ def option_probs(tokens: Sequence[TokenLogprob]) -> OptionProbs | None:
     return None
 
 
-def probs_from_scores(scores: Sequence[float]) -> float:
-    """P(A) from exact log-probabilities of the two continuations (softmax over the pair)."""
-    a, b = scores
-    top = max(a, b)
-    ea, eb = math.exp(a - top), math.exp(b - top)
-    return ea / (ea + eb)
-
-
 _ANSWER_PATTERNS = [
     # "So the answer is: (B)", "The answer is B", "Answer: (A)" (the letters are case-sensitive)
     re.compile(r"(?i:answer)(?:\s+(?i:is))?\s*:?\s*\**\s*\(?\s*([AB])\b"),
@@ -208,6 +200,5 @@ __all__ = [
     "option_probs",
     "parse_answer",
     "parse_transcript",
-    "probs_from_scores",
     "split_cot_example",
 ]

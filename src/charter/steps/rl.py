@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -39,7 +39,6 @@ from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import CallFailed, CallResult
 from charter.steps.base import Step, StepContext
 
-LabelSource = Literal["scores", "logprobs", "vote", "parsed"]
 # Weakest evidence wins when a label combines several answers.
 _SOURCE_RANK: dict[str, int] = {"scores": 0, "logprobs": 1, "vote": 2, "parsed": 3}
 SCORE_PARAM = "score_options"
