@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,16 +67,23 @@ class PromptScan:
     content_hash: str
 
 
-def scan_prompts(source: PromptSource, limit: int | None = None) -> PromptScan:
-    """Validate every prompt (raising `InputError` at the first bad one); count and hash them."""
+def scan_prompts(
+    source: PromptSource, limit: int | None = None, owns: Callable[[str], bool] | None = None
+) -> PromptScan:
+    """Validate every prompt (raising `InputError` at the first bad one); count and hash them.
+
+    The hash covers the first `limit` prompts; with `owns` (a shard's test) only the prompts it
+    owns among them are counted, so a shard needs no second pass over the file for its total.
+    """
     digest = hashlib.sha256()
     seen: dict[str, str] = {}
     count = 0
-    for record in dedup(source.records(), seen_contents=seen, source=source.path):
-        if limit is not None and count >= limit:
+    for scanned, record in enumerate(dedup(source.records(), seen_contents=seen, source=source.path)):
+        if limit is not None and scanned >= limit:
             break
         digest.update(record.prompt_id.encode())
-        count += 1
+        if owns is None or owns(record.prompt_id):
+            count += 1
     return PromptScan(count=count, content_hash=digest.hexdigest()[:16])
 
 

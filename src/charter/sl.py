@@ -105,8 +105,9 @@ def revise(
     name does not include the shard, so `charter merge` joins the shards' files into one run.
     """
     shard_obj = Shard.parse(shard)
+    owned = shard_obj.owns if shard_obj is not None else None
     source = PromptSource.open(prompts)
-    scan = scan_prompts(source, limit)  # validate everything before writing anything
+    scan = scan_prompts(source, limit, owned)  # validate everything before writing anything
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     )
@@ -129,11 +130,8 @@ def revise(
         "chain": chain.describe(),
     }
     name = run_name or default_run_name("revise", config)
-    total = scan.count
-    owned = shard_obj.owns if shard_obj is not None else None
     if shard_obj is not None and shard_obj.count > 1:
         config["shard"] = str(shard_obj)
-        total = sum(1 for p in iter_prompts(source, limit) if shard_obj.owns(p.prompt_id))
     return run_chain(
         chain,
         command="revise",
@@ -144,7 +142,7 @@ def revise(
             for p in iter_prompts(source, limit)
             if p.prompt_id not in done and (owned is None or owned(p.prompt_id))
         ),
-        total=total,
+        total=scan.count,
         done_table="sft_examples",
         rows=example_rows,
         db=db,
