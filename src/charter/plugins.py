@@ -61,6 +61,16 @@ def register_plugin(module: Any, name: str | None = None) -> None:
     backend_factories.cache_clear()
 
 
+# The hooks `charter plugins` names by hook (backends are listed by prefix instead).
+_LISTED_HOOKS = (
+    "register_commands",
+    "register_trainers",
+    "litellm_setup",
+    "register_constitution_dirs",
+    "register_prompt_dirs",
+)
+
+
 def plugin_infos() -> list[PluginInfo]:
     """Installed plugins and what each one registers."""
     loaded = _loaded()
@@ -70,10 +80,7 @@ def plugin_infos() -> list[PluginInfo]:
         impl = getattr(plugin, "register_backends", None)
         if impl is not None:
             impl(lambda prefix, _f, found=found: found.append(f"backend {prefix or '<any LiteLLM model>'}"))
-        for hook in ("register_commands", "register_trainers", "litellm_setup"):
-            if hasattr(plugin, hook):
-                found.append(hook.removeprefix("register_").replace("_", " "))
-        for hook in ("register_constitution_dirs", "register_prompt_dirs"):
+        for hook in _LISTED_HOOKS:
             if hasattr(plugin, hook):
                 found.append(hook.removeprefix("register_").replace("_", " "))
         prefixes[loaded.manager.get_name(plugin)] = found
