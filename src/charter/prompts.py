@@ -227,8 +227,7 @@ class PromptTemplate:
     def render(self, **values: Any) -> RenderedPrompt:
         """Validate the inputs and render: messages in chat mode, one exact string in completion mode."""
         model = self.validate_inputs(values)
-        context = {k: getattr(model, k) for k in self.input_types}
-        context = {k: _plain(v) for k, v in context.items()}
+        context = {k: _plain(getattr(model, k)) for k in self.input_types}
         try:
             rendered = self._template.render(**context)
         except TemplateError as exc:
