@@ -38,6 +38,7 @@ from charter.prompts import RenderedPrompt
 from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import CallFailed, CallResult
 from charter.steps.base import Step, StepContext
+from charter.steps.sl import respond_prompt
 
 # Weakest evidence wins when a label combines several answers.
 _SOURCE_RANK: dict[str, int] = {"scores": 0, "logprobs": 1, "vote": 2, "parsed": 3}
@@ -174,11 +175,7 @@ class SamplePairs(Step[SampleItem]):
         self._sampler = _NSampler(n_supported)
 
     async def run(self, state: SampleItem, ctx: StepContext) -> SampleItem:
-        conversation = messages_to_dicts(state.prompt.messages)
-        if ctx.mode == "chat":
-            rendered = ctx.prompt("respond-chat").render(conversation=conversation, system=self.system)
-        else:
-            rendered = ctx.prompt("respond-completion").render(conversation=conversation, few_shot="")
+        rendered = respond_prompt(ctx, state.prompt, self.system, None)  # no few-shot when sampling
         params = {} if self.temperature is None else {"temperature": self.temperature}
         draws = await self._sampler.draw(ctx, self.name, rendered, self.n, **params)
         state.responses = [d.text.strip() for d in draws]

@@ -6,7 +6,14 @@ from typing import Any
 
 from charter.constitution import Constitution, load_constitution
 from charter.prompts import RenderedPrompt
-from charter.records import Critique, Message, RevisedExample, RevisionRound, messages_to_dicts
+from charter.records import (
+    Critique,
+    Message,
+    PromptRecord,
+    RevisedExample,
+    RevisionRound,
+    messages_to_dicts,
+)
 from charter.steps.base import Step, StepContext
 
 _HUMAN_STOP = "\n\nHuman:"
@@ -39,6 +46,19 @@ def chat_few_shot(constitution: Constitution | None, enabled: bool) -> list[list
     return [messages_to_dicts(chat) for chat in constitution.few_shot.chat]
 
 
+def respond_prompt(
+    ctx: StepContext, prompt: PromptRecord, system: str | None, constitution: Constitution | None
+) -> RenderedPrompt:
+    """The policy's question for `prompt`: `respond-chat` (with `system`) or `respond-completion`
+    (after the constitution's few-shot transcripts, none without one)."""
+    conversation = messages_to_dicts(prompt.messages)
+    if ctx.mode == "chat":
+        return ctx.prompt("respond-chat").render(conversation=conversation, system=system)
+    return ctx.prompt("respond-completion").render(
+        conversation=conversation, few_shot=completion_few_shot(constitution, ctx.few_shot)
+    )
+
+
 class Respond(Step[RevisedExample]):
     """The model's initial answer to the prompt (`respond-chat` / `respond-completion`)."""
 
@@ -50,13 +70,7 @@ class Respond(Step[RevisedExample]):
         self.system = system
 
     async def run(self, state: RevisedExample, ctx: StepContext) -> RevisedExample:
-        conversation = messages_to_dicts(state.prompt.messages)
-        if ctx.mode == "chat":
-            rendered = ctx.prompt("respond-chat").render(conversation=conversation, system=self.system)
-        else:
-            rendered = ctx.prompt("respond-completion").render(
-                conversation=conversation, few_shot=completion_few_shot(self.constitution, ctx.few_shot)
-            )
+        rendered = respond_prompt(ctx, state.prompt, self.system, self.constitution)
         result = await ctx.complete(self.name, rendered, **_generation(ctx, rendered))
         state.initial_response = result.completion.text.strip()
         state.response_call_id = result.call_id
