@@ -337,7 +337,7 @@ def _check_inputs(pipeline: Pipeline, base: Path, where: str) -> None:
     from charter.constitution import load_constitution
     from charter.inputs import PromptSource, scan_prompts
 
-    seen: dict[str, int] = {}
+    seen: set[str] = set()  # step kinds so far
     for i, entry in enumerate(pipeline.steps):
         step = entry.body
         loc = f"{where}: steps[{i}].{entry.kind}"
@@ -356,7 +356,7 @@ def _check_inputs(pipeline: Pipeline, base: Path, where: str) -> None:
             and "revise" not in seen
         ):
             raise PipelineError(f"{loc}: needs prompts or from_run (there is no revise step before it)")
-        seen[entry.kind] = i
+        seen.add(entry.kind)
 
 
 def run_pipeline(

@@ -10,6 +10,7 @@ import typer
 from charter.cli import common
 from charter.cli.revise import print_summary
 from charter.runner import RunnerOptions
+from charter.session import RunSummary
 
 SeedOpt = typer.Option(0, "--seed", help="Seed for the principle draws, pair choice and few-shot order.")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Only the first N prompts (sample) or pairs (label).")
@@ -23,9 +24,9 @@ def _mode(value: str | None) -> Literal["chat", "completion"] | None:
     return "chat" if value == "chat" else "completion"
 
 
-def _finish(summary: object, db: Path, lines: list[str]) -> None:
+def _finish(summary: RunSummary, db: Path, lines: list[str]) -> None:
     try:
-        print_summary(summary, db)  # type: ignore[arg-type]
+        print_summary(summary, db)
     finally:
         for line in lines:
             typer.echo(line, err=True)
