@@ -34,7 +34,7 @@ CHARTER_PARAMS = frozenset({"charter_fast_path", "router", "endpoint_concurrency
 # Client options (how to reach the model, not what to ask it): kept out of the cache key.
 CLIENT_PARAMS = frozenset({"api_base", "base_url", "api_version", "timeout", "organization"}) | CHARTER_PARAMS
 
-_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,7 +109,7 @@ def classify_error(exc: Exception) -> BackendError:
     )
     if isinstance(exc, fatal_types):
         retryable = False
-    elif isinstance(exc, retryable_types) or (isinstance(status, int) and status in _RETRYABLE_STATUS):
+    elif isinstance(exc, retryable_types) or (isinstance(status, int) and status in RETRYABLE_STATUS):
         retryable = True
     elif isinstance(exc, litellm.BadRequestError):
         retryable = False
@@ -117,7 +117,14 @@ def classify_error(exc: Exception) -> BackendError:
         # Unparseable bodies, dropped connections and other transport trouble surface as
         # assorted exception types; trying again is the safe default for those.
         retryable = not isinstance(exc, (ValueError, TypeError, KeyError)) or "json" in str(exc).lower()
-    message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return backend_error(exc, retryable)
+
+
+def backend_error(exc: Exception, retryable: bool) -> BackendError:
+    """`exc` as a `BackendError`: its type and first line, its HTTP status and Retry-After if any."""
+    status = getattr(exc, "status_code", None)
+    text = str(exc).strip()
+    message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
     return BackendError(
         message[:500],
         retryable=retryable,

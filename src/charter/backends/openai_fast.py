@@ -17,13 +17,12 @@ Switch it off with `--param charter_fast_path=false` or `CHARTER_FAST_PATH=0`.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from typing import Any
 
 from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob
-from charter.backends.litellm_backend import LiteLLMBackend, _retry_after
+from charter.backends.litellm_backend import RETRYABLE_STATUS, LiteLLMBackend, backend_error
 
 # Model-string prefix -> (provider name, the env vars LiteLLM reads for its key and base URL).
 FAST_PROVIDERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -48,7 +47,6 @@ _COMMON = {
 CHAT_PARAMS = frozenset(_COMMON | {"top_logprobs"})
 COMPLETION_PARAMS = frozenset(_COMMON)
 
-_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 ENV_SWITCH = "CHARTER_FAST_PATH"
 
 
@@ -96,25 +94,14 @@ def classify_openai_error(exc: Exception) -> BackendError:
 
     if isinstance(exc, BackendError):
         return exc
-    status = getattr(exc, "status_code", None)
+    retryable = True
     if isinstance(exc, openai.APIStatusError):
         # LiteLLM: auth/permission/not-found/bad-request are fatal, 429/5xx and friends retry.
-        retryable = status in _RETRYABLE_STATUS or (isinstance(status, int) and status >= 500)
-    elif isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, TimeoutError, ConnectionError)):
-        retryable = True
-    elif isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError)):
-        # A truncated or malformed body (LiteLLM reports these as InternalServerError: retried).
-        retryable = True
-    else:
-        retryable = True
-    text = str(exc).strip()
-    message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-    return BackendError(
-        message[:500],
-        retryable=retryable,
-        retry_after=_retry_after(exc),
-        status=status if isinstance(status, int) else None,
-    )
+        status = exc.status_code
+        retryable = status in RETRYABLE_STATUS or (isinstance(status, int) and status >= 500)
+    # Everything else retries: connection trouble and timeouts, and a truncated or malformed body
+    # (JSON, Unicode, missing keys; LiteLLM reports these as InternalServerError: retried).
+    return backend_error(exc, retryable)
 
 
 class OpenAIFastBackend:
