@@ -228,7 +228,7 @@ def test_sample_kind_and_edges() -> None:
     assert {p.name for p in constitution.sample(random.Random(0), k=50, kind="critique")} == {"a"}
     assert {p.name for p in constitution.sample(random.Random(0), k=50, kind="feedback")} == {"b"}
     assert constitution.sample(random.Random(0), k=0) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k must be >= 0, got -1"):
         constitution.sample(random.Random(0), k=-1)
     with pytest.raises(ValueError, match="no critique principles"):
         load_constitution("anthropic-rl").sample(random.Random(0), kind="critique")
