@@ -120,8 +120,10 @@ def test_responder_sees_request_and_n_is_per_choice() -> None:
 
 
 def test_fake_reply_tokens_must_match_text() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"tokens must concatenate to FakeReply\.text"):
         FakeReply("abc", tokens=[FakeToken("ab")])
+    matching = FakeReply("abc", tokens=[FakeToken("ab"), FakeToken("c")])  # the check refuses only a mismatch
+    assert [t.text for t in matching.tokens or []] == ["ab", "c"]
 
 
 def test_records_counts_reset_models_and_routes(srv: FakeOpenAIServer) -> None:
@@ -360,10 +362,12 @@ def test_inject_queues_in_order_and_fail_every(srv: FakeOpenAIServer) -> None:
     for _ in range(3):
         chat(srv)
     assert srv.request_count == 4 + 7 + 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown fault kind 'teapot'"):
         srv.inject("teapot")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fault 'slow' needs delay_s"):
         srv.inject("slow")  # needs delay_s
+    chat(srv)  # the refused faults were not queued: the next request still succeeds
+    assert srv.request_count == 4 + 7 + 3 + 1
 
 
 def test_latency_overlaps_across_concurrent_requests() -> None:
