@@ -206,7 +206,7 @@ def test_shards_are_disjoint_complete_and_stable():
     assert Shard.parse("2/4") == Shard(2, 4)
     assert [Shard(1, 4).owns(pid) for pid in ids] == [Shard.parse("1/4").owns(pid) for pid in ids]  # type: ignore[union-attr]
     for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"expected i/n with 0 <= i < n"):
             Shard.parse(bad)
 
 
