@@ -26,7 +26,7 @@ from charter.backends.base import Backend
 from charter.backends.registry import get_backend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
-from charter.records import Message, PromptRecord, messages_to_dicts
+from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import RunSummary, run_chain
 from charter.sl import _public, default_run_name
@@ -41,6 +41,7 @@ from charter.steps.rl import (
     new_pair,
     pair_id_for,
     parse_pair_strategy,
+    stored_prompt,
 )
 from charter.store.store import Store, StoreError
 
@@ -142,13 +143,7 @@ def _prompts_of_run(store: Store, run_id: str, limit: int | None) -> list[Prompt
     sql = "SELECT prompt_id, messages FROM prompts WHERE run_id = ? ORDER BY prompt_id"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    records = []
-    for prompt_id, messages in store.query(sql, [run_id]):
-        parsed = json.loads(messages) if isinstance(messages, str) else messages
-        records.append(
-            PromptRecord(prompt_id=str(prompt_id), messages=[Message.model_validate(m) for m in parsed])
-        )
-    return records
+    return [stored_prompt(prompt_id, messages) for prompt_id, messages in store.query(sql, [run_id])]
 
 
 def sample(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -744,16 +745,17 @@ class LabelCoT(_Labeler):
         return _Answer(prob_a is not None, prob_a, "vote", first.reasoning, queries)
 
 
+def stored_prompt(prompt_id: Any, messages: str | list[Any]) -> PromptRecord:
+    """A prompt read back from the `prompts` table (`messages` as JSON text or already a list)."""
+    parsed = json.loads(messages) if isinstance(messages, str) else messages
+    return PromptRecord(prompt_id=str(prompt_id), messages=parsed)
+
+
 def new_pair(row: dict[str, Any]) -> PairItem:
     """The labeling state for one stored pair (a row of pairs joined with prompts)."""
-    import json
-
-    messages = row["messages"]
-    if isinstance(messages, str):
-        messages = json.loads(messages)
     return PairItem(
         pair_id=row["pair_id"],
-        prompt=PromptRecord(prompt_id=row["prompt_id"], messages=messages),
+        prompt=stored_prompt(row["prompt_id"], row["messages"]),
         response_a=row["response_a"],
         response_b=row["response_b"],
     )
@@ -770,4 +772,5 @@ __all__ = [
     "choose_pairs",
     "new_pair",
     "pair_id_for",
+    "stored_prompt",
 ]
