@@ -139,7 +139,6 @@ class OpenAIFastBackend:
         self._organization = options.get("organization")
         self._timeout = float(options.get("timeout", timeout))
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
-        self._cost_known: bool | None = None
 
     # -- clients ---------------------------------------------------------------------------
     def _client(self) -> Any:
@@ -239,18 +238,10 @@ class OpenAIFastBackend:
             finish_reasons=[c.get("finish_reason") for c in choices],
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_usd=self._cost(prompt_tokens, completion_tokens),
+            # The fallback looks up once whether LiteLLM's price table knows the model; unknown
+            # models (local servers, the common case here) then cost nothing per call.
+            cost_usd=self.fallback._cost(prompt_tokens, completion_tokens),
         )
-
-    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        # Whether LiteLLM's price table knows the model is looked up once; unknown models (local
-        # servers, the common case here) then cost nothing per call.
-        if self._cost_known is False:
-            return None
-        cost = self.fallback._cost(prompt_tokens, completion_tokens)
-        if self._cost_known is None:
-            self._cost_known = cost is not None
-        return cost
 
 
 def _http_client(timeout: float) -> Any:
