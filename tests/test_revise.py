@@ -18,7 +18,7 @@ from charter_testkit import (
 )
 
 from charter.constitution import load_constitution
-from charter.testing.fake_openai import FakeRequest, default_responder
+from charter.testing.fake_openai import FakeOpenAIServer, FakeRequest, default_responder
 
 SL = load_constitution("anthropic-sl")
 HUMAN_STOP = "\n\nHuman:"
@@ -127,15 +127,9 @@ def test_chat_few_shot_chats_come_from_the_constitution(cli, server, prompts_fil
 
 
 # --------------------------------------------------------------------------- completion mode
-def paper_few_shot() -> str:
-    """The paper's five transcripts, each without its trailing stop text, as one prefix."""
-    return "".join(t.removesuffix(HUMAN_STOP) for t in SL.few_shot.completion)
-
-
-def test_completion_mode_sends_the_papers_format(cli, server, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
-    db = tmp_path / "completion.duckdb"
-    result = cli(
+def completion_args(prompts: Path, db: Path, server: FakeOpenAIServer, *extra: Any) -> list[Any]:
+    """`revise PROMPTS --db DB --model <completion model> --api-base URL --mode completion` plus `extra`."""
+    return [
         "revise",
         prompts,
         "--db",
@@ -146,9 +140,19 @@ def test_completion_mode_sends_the_papers_format(cli, server, tmp_path):
         server.base_url,
         "--mode",
         "completion",
-        "--rounds",
-        "2",
-    )
+        *extra,
+    ]
+
+
+def paper_few_shot() -> str:
+    """The paper's five transcripts, each without its trailing stop text, as one prefix."""
+    return "".join(t.removesuffix(HUMAN_STOP) for t in SL.few_shot.completion)
+
+
+def test_completion_mode_sends_the_papers_format(cli, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
+    db = tmp_path / "completion.duckdb"
+    result = cli(*completion_args(prompts, db, server, "--rounds", "2"))
     assert result.code == 0, result.stderr
     bodies = server.requests
     assert len(bodies) == 5 and all("messages" not in b for b in bodies)
@@ -170,21 +174,7 @@ def test_completion_mode_sends_the_papers_format(cli, server, tmp_path):
 
 def test_completion_mode_without_few_shot_starts_at_the_prompt(cli, server, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
-    result = cli(
-        "revise",
-        prompts,
-        "--db",
-        tmp_path / "c.duckdb",
-        "--model",
-        COMPLETION_MODEL,
-        "--api-base",
-        server.base_url,
-        "--mode",
-        "completion",
-        "--rounds",
-        "0",
-        "--no-few-shot",
-    )
+    result = cli(*completion_args(prompts, tmp_path / "c.duckdb", server, "--rounds", "0", "--no-few-shot"))
     assert result.code == 0, result.stderr
     assert [b["prompt"] for b in server.requests] == ["\n\nHuman: How do I pick a lock?\n\nAssistant:"]
 
@@ -195,39 +185,15 @@ def test_completion_mode_answers_are_not_cut_at_the_legacy_default_length(cli, s
     server.responder = lambda req: long_answer
     prompts = write_prompts(tmp_path / "p.jsonl", ["Tell me a long story."])
     db = tmp_path / "long.duckdb"
-    result = cli(
-        "revise",
-        prompts,
-        "--db",
-        db,
-        "--model",
-        COMPLETION_MODEL,
-        "--api-base",
-        server.base_url,
-        "--mode",
-        "completion",
-        "--rounds",
-        "1",
-    )
+    result = cli(*completion_args(prompts, db, server, "--rounds", "1"))
     assert result.code == 0, result.stderr
     assert query(db, "SELECT init_response, completion FROM sft_examples") == [(long_answer, long_answer)]
     # The user's own --param max_tokens wins.
     server.reset()
     result = cli(
-        "revise",
-        prompts,
-        "--db",
-        tmp_path / "short.duckdb",
-        "--model",
-        COMPLETION_MODEL,
-        "--api-base",
-        server.base_url,
-        "--mode",
-        "completion",
-        "--rounds",
-        "0",
-        "--param",
-        "max_tokens=5",
+        *completion_args(
+            prompts, tmp_path / "short.duckdb", server, "--rounds", "0", "--param", "max_tokens=5"
+        )
     )
     assert result.code == 0, result.stderr
     assert server.requests[0]["max_tokens"] == 5
