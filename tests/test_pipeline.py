@@ -167,7 +167,9 @@ def test_bad_pipeline_cli_exit_2_writes_nothing(
     no_source.write_text("defaults: {model: openai/m}\nsteps:\n  - sample: {n: 2}\n", encoding="utf-8")
     result = cli("run", no_source, "--db", db)
     assert result.code == 2 and "needs prompts or from_run" in result.stderr
-    assert cli("run", tmp_path / "nope.yaml").code == 2
+    missing = cli("run", tmp_path / "nope.yaml")
+    assert missing.code == 2
+    assert missing.stderr == f"charter: error: {tmp_path / 'nope.yaml'}: no such file\n"
     assert not db.exists() and server.request_count == 0
 
 
