@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def load_router_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
                 import yaml
 
                 data = yaml.safe_load(text)
-        except (ValueError, Exception) as exc:
+        except Exception as exc:
             raise RouterConfigError(
                 f"{where}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
             ) from None
@@ -193,8 +194,6 @@ class RouterBackend:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """One request through the Router (which may try several endpoints); errors -> BackendError."""
-        import time
-
         router = self._get_router()
         params = dict(request.params)
         if request.n != 1:
@@ -211,8 +210,7 @@ class RouterBackend:
         except Exception as exc:
             raise _classify(exc, self.settings) from exc
         latency_ms = (time.perf_counter() - started) * 1000
-        completion = self._single._parse(request, response, latency_ms)
-        return completion
+        return self._single._parse(request, response, latency_ms)
 
     async def aclose(self) -> None:
         """Close litellm's HTTP clients for this loop."""
