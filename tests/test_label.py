@@ -244,12 +244,16 @@ def test_ensemble_averages_principles(pairs_db: Path, server: FakeOpenAIServer) 
     from charter.constitution import load_constitution
 
     feedback = {p.name: p.feedback or "" for p in load_constitution("anthropic-rl").principles}
+    mixed = 0
     for row in comparisons(pairs_db):
         names = row["principle"].split(",")
         assert len(names) == 4
         expected = sum(0.9 if "harmless" in feedback[n] else 0.6 for n in names) / 4
         assert row["prob_a"] == pytest.approx(expected)
         assert 1 <= len(row["call_ids"]) <= 4
+        mixed += 0.6 + 1e-9 < expected < 0.9 - 1e-9
+    # At least one draw mixes both kinds, so any one principle's answer alone would not match the mean.
+    assert mixed >= 1
 
 
 def test_principle_draws_are_seeded(pairs_db: Path, server: FakeOpenAIServer) -> None:
@@ -439,7 +443,8 @@ def test_label_cli_bad_usage(
     pairs_db: Path, server: FakeOpenAIServer, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
     base = ["label", "--db", pairs_db, "--model", CHAT_MODEL, "--api-base", server.base_url]
-    assert cli(*base, "--method", "vibes").code == 2
+    vibes = cli(*base, "--method", "vibes")
+    assert vibes.code == 2 and "vibes" in vibes.stderr and "--method" in vibes.stderr
     bad = cli(*base, "--clamp", "0.7,0.3")
     assert bad.code == 2 and "--clamp" in bad.stderr
     missing = cli("label", "--db", tmp_path / "none.duckdb", "--model", CHAT_MODEL)
