@@ -201,7 +201,7 @@ def merge_databases(out: str | Path, inputs: list[str | Path]) -> MergeSummary:
                     )
                 con.execute("BEGIN")
                 try:
-                    _merge_one(con, alias, src_tables, keyed, summary)
+                    _merge_one(con, main, alias, src_tables, keyed, summary)
                     con.execute("COMMIT")
                 except Exception:
                     con.execute("ROLLBACK")
@@ -215,7 +215,9 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _merge_one(con: Any, alias: str, src_tables: list[str], keyed: set[str], summary: MergeSummary) -> None:
+def _merge_one(
+    con: Any, main: str, alias: str, src_tables: list[str], keyed: set[str], summary: MergeSummary
+) -> None:
     mapping: dict[str, str] = {}
     if "runs" in src_tables:
         cur = con.execute(f"SELECT * FROM {alias}.runs ORDER BY started_at, run_id")
@@ -225,7 +227,6 @@ def _merge_one(con: Any, alias: str, src_tables: list[str], keyed: set[str], sum
     con.execute("CREATE OR REPLACE TEMP TABLE charter_run_map (in_id VARCHAR PRIMARY KEY, out_id VARCHAR)")
     if mapping:
         con.executemany("INSERT INTO charter_run_map VALUES (?, ?)", list(mapping.items()))
-    main = str(con.execute("SELECT current_database()").fetchone()[0])
     for table in src_tables:
         if table == "runs":
             continue
