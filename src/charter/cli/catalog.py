@@ -45,10 +45,9 @@ def register(app: typer.Typer) -> None:
         """Every prompt template, its mode and where it comes from."""
         from charter.prompts import list_prompts, load_prompt
 
-        for name, path in list_prompts(prompts_dir):
+        for name, _ in list_prompts(prompts_dir):
             t = load_prompt(name, prompts_dir)
             typer.echo(f"{name:<24} {t.mode:<10} {t.description}")
-            del path
 
     @prompts.command("show")
     def prompts_show(name: str, prompts_dir: str | None = common.PromptsDirOpt) -> None:
