@@ -28,7 +28,7 @@ from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import RunnerOptions
-from charter.session import RunSummary, run_chain
+from charter.session import RunSummary, check_templates, run_chain
 from charter.sl import _public, default_run_name
 from charter.steps.base import Chain
 from charter.steps.rl import (
@@ -187,6 +187,7 @@ def sample(
     strategy = parse_pair_strategy(pairs)
     step = SamplePairs(n=n, temperature=temperature, pairs=strategy, n_supported=n_supported, system=system)
     chain: Chain[SampleItem] = Chain([step])
+    check_templates(chain, mode, prompts_dir)
     with ExitStack() as stack:
         source: PromptSource | None = None
         source_run_id: str | None = None
@@ -363,6 +364,7 @@ def label(
         LabelMC(constitution_obj, **common) if method == "logprobs" else LabelCoT(constitution_obj, **common)
     )
     chain: Chain[PairItem] = Chain([step])
+    check_templates(chain, chosen_mode, prompts_dir)
     runs = [from_run] if isinstance(from_run, str) else from_run
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))

@@ -59,6 +59,16 @@ def chain_templates(chain: Step[Any], mode: str) -> list[str]:
     return names
 
 
+def check_templates(chain: Step[Any], mode: str, prompts_dir: str | None) -> None:
+    """Load every template `chain` renders in `mode`, raising `PromptError` on a broken one.
+
+    A broken template (a user override, most likely) is bad input: commands call this before they
+    create the database or record a run, so it fails with exit 2 instead of on the first item.
+    """
+    for name in chain_templates(chain, mode):
+        load_prompt(name, prompts_dir)
+
+
 def run_chain(
     chain: Step[S],
     *,
@@ -88,10 +98,7 @@ def run_chain(
     from charter.backends.litellm_backend import split_params
 
     request_params, _ = split_params(params or {})
-    # A broken template (a user override, most likely) is bad input: fail before the database is
-    # created or a run recorded, not on the first item.
-    for name in chain_templates(chain, mode):
-        load_prompt(name, prompts_dir)
+    check_templates(chain, mode, prompts_dir)
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_id, resumed = store.start_run(run_name, command, config)

@@ -175,6 +175,10 @@ class SamplePairs(Step[SampleItem]):
         self.system = system
         self._sampler = _NSampler(n_supported)
 
+    def templates(self, mode: str) -> list[str]:
+        """The prompt templates this step renders in `mode` (loaded up front by `run_chain`)."""
+        return [f"respond-{mode}"]
+
     async def run(self, state: SampleItem, ctx: StepContext) -> SampleItem:
         rendered = respond_prompt(ctx, state.prompt, self.system, None)  # no few-shot when sampling
         params = {} if self.temperature is None else {"temperature": self.temperature}
@@ -405,6 +409,10 @@ class _Labeler(Step[PairItem]):
 
     def _template(self, ctx: StepContext) -> str:
         return self.template or self.template_name(ctx.mode)
+
+    def templates(self, mode: str) -> list[str]:
+        """The prompt templates this step renders in `mode` (loaded up front by `run_chain`)."""
+        return [self.template or self.template_name(mode)]
 
     def _render(
         self,
