@@ -309,8 +309,9 @@ class Store:
 
     def _insert_arrow(self, table: str, rows: list[dict[str, Any]]) -> None:
         known = self._table_columns(table)
-        names = [c for c in known if any(c in r for r in rows)]
-        unknown = set().union(*(r.keys() for r in rows)) - set(known)
+        present: set[str] = set().union(*(r.keys() for r in rows))
+        names = [c for c in known if c in present]
+        unknown = present - set(known)
         if unknown:
             raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
         types = self._arrow_types.get(table, {})
