@@ -73,13 +73,16 @@ def test_an_editable_install_reads_the_checkout():
 
 
 def test_import_charter_is_fast_and_does_not_import_litellm():
+    # Fast is checked by what gets imported, not by a clock (timed tests flake on a busy machine):
+    # bare `import charter` loads none of its heavy dependencies, and the CLI modules no litellm/torch.
     code = (
-        "import json, sys, time; t = time.perf_counter(); import charter; took = time.perf_counter() - t;"
+        "import json, sys; import charter;"
+        "bare = sorted(m for m in ('duckdb', 'pydantic', 'jinja2', 'litellm', 'pyarrow') if m in sys.modules);"
         "import charter.cli, charter.sl, charter.steps, charter.export, charter.store;"
-        "print(json.dumps([took, sorted(m for m in ('litellm', 'torch', 'transformers', 'openai') if m in sys.modules)]))"
+        "print(json.dumps([bare, sorted(m for m in ('litellm', 'torch', 'transformers', 'openai') if m in sys.modules)]))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    took, heavy = json.loads(out.stdout)
+    bare, heavy = json.loads(out.stdout)
     assert heavy == []
-    assert took < 0.5
+    assert bare == []
