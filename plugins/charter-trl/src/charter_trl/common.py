@@ -7,6 +7,7 @@ import difflib
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -348,5 +349,36 @@ def log_summary(log_history: list[dict[str, Any]], key: str = "loss") -> dict[st
     }
 
 
+def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:
+    """The last logged value of a training metric, or None if it was never logged."""
+    values = [float(entry[key]) for entry in log_history if key in entry]
+    return values[-1] if values else None
+
+
 def precision_name(config: Any) -> str:
     return "bf16" if getattr(config, "bf16", False) else "fp16" if getattr(config, "fp16", False) else "fp32"
+
+
+def finish_metrics(
+    metrics: dict[str, Any],
+    trainer: Any,
+    result: Any,
+    resolved: dict[str, Any],
+    *,
+    default_template: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Add what every Trainer-based run reports (template, precision, device, runtime, config) and
+    fall back to the trainer's mean loss when no loss was logged; returns the JSON-safe metrics."""
+    metrics.update(
+        {
+            "chat_template": "charter-default" if default_template else "tokenizer",
+            "precision": precision_name(trainer.args),
+            "device": str(trainer.args.device),
+            "runtime_s": round(time.perf_counter() - started, 3),
+            "trl_config": resolved,
+        }
+    )
+    if metrics.get("final_loss") is None:
+        metrics["final_loss"] = result.training_loss
+    return cast(dict[str, Any], to_jsonable(metrics))

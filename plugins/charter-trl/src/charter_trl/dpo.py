@@ -14,24 +14,19 @@ from trl import DPOConfig, DPOTrainer
 from .common import (
     DEFAULT_CHAT_TEMPLATE,
     build_config,
+    finish_metrics,
+    last_logged,
     load_model,
     load_tokenizer,
     log_summary,
     normalize_pairs,
-    precision_name,
     save_trained,
     seed_everything,
-    to_jsonable,
     validate_extra,
 )
 from .options import DPOOptions
 
 __all__ = ["DPOOptions", "train_dpo"]
-
-
-def _last(log_history: list[dict[str, Any]], key: str) -> float | None:
-    values = [float(entry[key]) for entry in log_history if key in entry]
-    return values[-1] if values else None
 
 
 def train_dpo(
@@ -89,14 +84,9 @@ def train_dpo(
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         **log_summary(history),
-        "final_reward_accuracy": _last(history, "rewards/accuracies"),
-        "final_reward_margin": _last(history, "rewards/margins"),
-        "chat_template": "charter-default" if default_template else "tokenizer",
-        "precision": precision_name(args),
-        "device": str(trainer.args.device),
-        "runtime_s": round(time.perf_counter() - started, 3),
-        "trl_config": resolved,
+        "final_reward_accuracy": last_logged(history, "rewards/accuracies"),
+        "final_reward_margin": last_logged(history, "rewards/margins"),
     }
-    if metrics["final_loss"] is None:
-        metrics["final_loss"] = result.training_loss
-    return to_jsonable(metrics)
+    return finish_metrics(
+        metrics, trainer, result, resolved, default_template=default_template, started=started
+    )

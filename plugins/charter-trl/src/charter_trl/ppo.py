@@ -24,6 +24,7 @@ from .common import (
     as_conversation,
     build_config,
     chat_ids,
+    last_logged,
     load_model,
     load_reward_model,
     load_tokenizer,
@@ -174,11 +175,6 @@ def _split_eval(prompts: list[_Prompt], options: PPOOptions) -> tuple[list[_Prom
     return train, [p for i, p in enumerate(prompts) if i in held], False
 
 
-def _last(log_history: list[dict[str, Any]], key: str) -> float | None:
-    values = [float(entry[key]) for entry in log_history if key in entry]
-    return values[-1] if values else None
-
-
 def train_ppo(
     prompts: Iterable[Any],
     policy_model: str | os.PathLike[str],
@@ -302,8 +298,8 @@ def train_ppo(
     samples_after, mean_after = _samples(trained, tokenizer, held_out, reward_dir, options)
 
     history = trainer.state.log_history
-    policy_loss = _last(history, "loss/policy_avg")
-    value_loss = _last(history, "loss/value_avg")
+    policy_loss = last_logged(history, "loss/policy_avg")
+    value_loss = last_logged(history, "loss/value_avg")
     metrics: dict[str, Any] = {
         "kind": "ppo",
         "train_rows": len(train_prompts),
@@ -322,9 +318,9 @@ def train_ppo(
         else None,
         "final_policy_loss": policy_loss,
         "final_value_loss": value_loss,
-        "final_kl": _last(history, "objective/kl"),
-        "final_score": _last(history, "objective/scores"),
-        "final_rlhf_reward": _last(history, "objective/rlhf_reward"),
+        "final_kl": last_logged(history, "objective/kl"),
+        "final_score": last_logged(history, "objective/scores"),
+        "final_rlhf_reward": last_logged(history, "objective/rlhf_reward"),
         "score_history": [float(e["objective/scores"]) for e in history if "objective/scores" in e],
         "samples_before": samples_before,
         "samples_after": samples_after,

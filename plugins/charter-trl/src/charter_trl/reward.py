@@ -26,15 +26,14 @@ from .common import (
     Conversation,
     build_config,
     chat_ids,
+    finish_metrics,
     inference_device,
     load_reward_model,
     load_tokenizer,
     log_summary,
     normalize_pairs,
-    precision_name,
     save_trained,
     seed_everything,
-    to_jsonable,
     unwrap,
     validate_extra,
 )
@@ -282,12 +281,7 @@ def train_reward(
         "train_loss": result.training_loss,
         **log_summary(trainer.state.log_history),
         **_evaluate(trained, tokenizer, eval_pairs, options),
-        "chat_template": "charter-default" if default_template else "tokenizer",
-        "precision": precision_name(args),
-        "device": str(trainer.args.device),
-        "runtime_s": round(time.perf_counter() - started, 3),
-        "trl_config": resolved,
     }
-    if metrics["final_loss"] is None:
-        metrics["final_loss"] = result.training_loss
-    return to_jsonable(metrics)
+    return finish_metrics(
+        metrics, trainer, result, resolved, default_template=default_template, started=started
+    )

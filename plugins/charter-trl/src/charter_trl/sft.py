@@ -19,13 +19,12 @@ from .common import (
     as_conversation,
     build_config,
     chat_ids,
+    finish_metrics,
     load_model,
     load_tokenizer,
     log_summary,
-    precision_name,
     save_trained,
     seed_everything,
-    to_jsonable,
     validate_extra,
 )
 from .options import SFTOptions
@@ -187,15 +186,10 @@ def train_sft(
         "mix_rows": len(mixed),
         "loss_mode": mode,
         "loss_note": note,
-        "chat_template": "charter-default" if default_template else "tokenizer",
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         **log_summary(trainer.state.log_history),
-        "precision": precision_name(args),
-        "device": str(trainer.args.device),
-        "runtime_s": round(time.perf_counter() - started, 3),
-        "trl_config": resolved,
     }
-    if metrics["final_loss"] is None:
-        metrics["final_loss"] = result.training_loss
-    return to_jsonable(metrics)
+    return finish_metrics(
+        metrics, trainer, result, resolved, default_template=default_template, started=started
+    )
