@@ -22,8 +22,6 @@ Message = dict[str, str]
 Conversation = list[Message]
 ConfigT = TypeVar("ConfigT")
 
-_TRUE = {"1", "true", "yes", "on"}
-
 # The Human:/Assistant: layout of Bai et al. (2022), for tokenizers without a chat template. The
 # assistant turn ends with EOS so a trained model learns to stop.
 DEFAULT_CHAT_TEMPLATE = (
@@ -42,16 +40,10 @@ class ModelLoadError(ValueError):
 
 def hub_offline() -> bool:
     """Whether Hugging Face Hub downloads are disabled (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    try:
-        from huggingface_hub import constants
+    from charter_transformers.loading import offline
+    from huggingface_hub import constants
 
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        pass
-    return any(
-        os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return bool(constants.HF_HUB_OFFLINE) or offline()
 
 
 def seed_everything(seed: int) -> None:
