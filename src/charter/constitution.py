@@ -408,6 +408,10 @@ def _search_dirs(search_path: list[Path] | None) -> list[Path]:
     dirs = [Path(p) for p in search_path or []]
     env = os.environ.get(CONSTITUTIONS_PATH_ENV, "")
     dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    # Plugins' directories (the register_constitution_dirs hook), as prompts.prompt_dirs does.
+    from charter.plugins import extra_dirs
+
+    dirs += extra_dirs("constitutions")
     dirs.append(builtin_data_dir("constitutions"))
     return dirs
 
@@ -415,7 +419,8 @@ def _search_dirs(search_path: list[Path] | None) -> list[Path]:
 def list_constitutions(search_path: list[Path] | None = None) -> list[tuple[str, Path]]:
     """(name, path) of every `<name>.yaml` on the search path, sorted by name.
 
-    The search order is `search_path`, then `$CHARTER_CONSTITUTIONS_PATH`, then the built-ins; an
+    The search order is `search_path`, then `$CHARTER_CONSTITUTIONS_PATH`, then plugins' directories,
+    then the built-ins; an
     earlier directory shadows a later one with the same name.
     """
     found: dict[str, Path] = {}
