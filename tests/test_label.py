@@ -72,7 +72,11 @@ def pairs_template(tmp_path_factory: pytest.TempPathFactory, fake_server: FakeOp
     saved = fake_server.responder
     fake_server.responder = policy_then(lambda req: "(A)")
     try:
-        summary = rl.sample(prompts, db=db, model=CHAT_MODEL, api_base=fake_server.base_url, n=2)
+        # A fixed run name: the default one hashes the prompts file's path (a new tmp dir each
+        # session), and pair ids, hence the seeded principle draws, would change from run to run.
+        summary = rl.sample(
+            prompts, db=db, model=CHAT_MODEL, api_base=fake_server.base_url, n=2, run_name="pairs"
+        )
     finally:
         fake_server.responder = saved
     assert summary.ok and summary.pairs == 3
