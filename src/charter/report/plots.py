@@ -25,7 +25,12 @@ class Figure:
     key: str
     title: str
     alt: str
-    data_uri: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        """The PNG as a `data:` URI, for an <img> that needs no file beside the page."""
+        return f"data:image/png;base64,{base64.b64encode(self.png).decode('ascii')}"
 
 
 def _pyplot() -> Any:
@@ -49,8 +54,7 @@ def _render(key: str, title: str, alt: str, draw: Callable[[Any], None], size: t
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return Figure(key, title, alt, f"data:image/png;base64,{encoded}")
+    return Figure(key, title, alt, buffer.getvalue())
 
 
 def latency_plot(latencies: dict[str, list[float]]) -> Figure | None:
