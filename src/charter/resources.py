@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA_KINDS = ("constitutions", "prompts")
+DATA_KINDS = ("constitutions", "prompts", "evals")
 
 
 def builtin_data_dir(kind: str) -> Path:
-    """The directory of built-in `kind` data, for `kind` in ("constitutions", "prompts").
+    """The directory of built-in `kind` data, for `kind` in ("constitutions", "prompts", "evals").
 
-    A wheel carries the repo's top-level `prompts/` and `constitutions/` as `charter/_data/<kind>`
+    A wheel carries the repo's top-level `prompts/`, `constitutions/` and `evals/` as `charter/_data/<kind>`
     (pyproject force-include); an editable install reads them straight from the checkout.
     """
     if kind not in DATA_KINDS:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from charter import __version__
-from charter.cli import catalog, data, revise
+from charter.cli import catalog, data, evals, report, revise
 from charter.cli import rl as rl_commands
 from charter.cli import run as run_command
 from charter.cli import scale as scale_commands
@@ -44,6 +44,8 @@ catalog.register(app)
 scale_commands.register(app)
 rl_commands.register(app)
 run_command.register(app)
+report.register(app)
+evals.register(app)
 
 
 def _register_plugin_commands() -> None:

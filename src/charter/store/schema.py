@@ -161,4 +161,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, pair_id, member, swapped, kind, attempt)
     );
     """,
+    # 3: evaluations - one row per evaluated comparison (`charter eval`), the view eval_results.
+    """
+    CREATE TABLE eval_items (
+        run_id VARCHAR NOT NULL,
+        eval VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        correct_option VARCHAR NOT NULL,
+        prob_correct DOUBLE,
+        correct BOOLEAN,
+        status VARCHAR NOT NULL,
+        label_source VARCHAR,
+        call_ids VARCHAR[],
+        PRIMARY KEY (run_id, item_id)
+    );
+    """,
 ]

@@ -27,6 +27,13 @@ VIEWS["preference_pairs"] = """
     FROM comparisons
 """
 
+# Evaluations: one row per evaluated comparison, with the run's name and the calls behind it.
+VIEWS["eval_results"] = """
+    SELECT e.run_id, r.name AS run_name, e.eval, e.item_id, e.model, e.method, e.correct_option,
+           e.prob_correct, e.correct, e.status, e.label_source, e.call_ids, r.started_at
+    FROM eval_items e JOIN runs r ON r.run_id = e.run_id
+"""
+
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """(Re)create every registered view."""
