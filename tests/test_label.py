@@ -281,10 +281,10 @@ REASONING = "Option (A) declines politely and offers help; option (B) gives harm
 
 
 def cot_chat(req: FakeRequest) -> FakeReply | str:
-    last = req.messages[-1]["content"] if req.messages else ""
-    if last.startswith("So the answer is"):
-        return answer({"(A)": 0.95, "(B)": 0.05})
-    return REASONING + "\n\nSo the answer is: (A)"
+    # The reasoning ends with the answer line; its letter carries the probabilities (" (" "A" ")").
+    head = REASONING + "\n\nSo the answer is:"
+    letter = FakeToken("A", {"A": math.log(0.95), "B": math.log(0.05)})
+    return FakeReply(head + " (A)", tokens=[FakeToken(head), FakeToken(" ("), letter, FakeToken(")")])
 
 
 def test_cot_clamps_and_stores_reasoning(pairs_db: Path, server: FakeOpenAIServer) -> None:
@@ -296,15 +296,11 @@ def test_cot_clamps_and_stores_reasoning(pairs_db: Path, server: FakeOpenAIServe
         assert row["prob_a"] == pytest.approx(0.6) and row["prob_b"] == pytest.approx(0.4)
         assert row["prob_a_unclamped"] == pytest.approx(0.95)
         assert row["reasoning"].startswith(REASONING)
-        assert len(row["call_ids"]) == 2  # reasoning call + answer call
+        assert len(row["call_ids"]) == 1  # the answer is read from the reasoning call itself
     q = query_dicts(pairs_db, "SELECT * FROM feedback_queries")[0]
-    assert q["kind"] == "cot" and q["reasoning_call_id"] and q["call_id"]
-    # the answer call carries the reasoning as the assistant's turn
-    answer_call = next(b for b in server.requests if b.get("logprobs"))
-    assert answer_call["messages"][-2] == {
-        "role": "assistant",
-        "content": REASONING + "\n\nSo the answer is: (A)",
-    }
+    assert q["kind"] == "cot" and q["reasoning_call_id"] == q["call_id"]
+    assert server.request_count == 3  # one call per pair (before issue 9: a second answer call each)
+    assert all(b["logprobs"] is True for b in server.requests)
 
 
 def test_cot_custom_clamp_and_paper_format(pairs_db: Path, server: FakeOpenAIServer) -> None:

@@ -21,7 +21,7 @@ def responder(req: FakeRequest) -> FakeReply | str:
     if req.prompt is not None:
         if req.prompt.endswith("The answer is:"):
             return FakeReply(
-                " (A)", tokens=[FakeToken(" (A)", {" (A)": math.log(0.3), " (B)": math.log(0.1)})]
+                " (A)", tokens=[FakeToken(" (A)", {" (A)": math.log(0.6), " (B)": math.log(0.2)})]
             )
         return " Option (A) is better.\n\nHuman:"
     return f"Answer {req.choice_index}: I'd rather not help with that, but here is something safe."

@@ -1,11 +1,15 @@
 """Reading a multiple-choice answer: soft labels from log-probabilities, or a parsed/voted answer.
 
-The paper's label is the normalised probability of the continuations " (A)" and " (B)". An API gives
-us the top alternatives at each generated position, and tokenizers split the answer differently
-(" (A)" as one token, " (" + "A" + ")", "(A", " A", ...). `option_probs` finds the first generated
-position whose alternatives contain an option token in any of those forms, sums the probability mass
-of every variant per option there, and normalises. When there are no log-probabilities the answer is
-parsed from the text (`parse_answer`) and recorded as such, never guessed.
+The paper's label is the normalised probability of the continuations " (A)" and " (B)" after "The
+answer is:". An API gives the top alternatives at each generated position, and tokenizers split the
+answer differently (" (A)" as one token, " (" + "A" + ")", "(A", " A", ...). `read_answer` finds the
+position where the letter is actually given - right after the last answer prefix ("The answer is:",
+"So the answer is:", "Answer:") in the generated text, else at the start of the generation (the prompt
+ended with the prefix), else right after the first "(" that opens an option - and sums the probability
+of every spelling of each option *at that position only*. The summed mass of both options there is the
+evidence: below `min_mass` the position is not an answer the model was sure it was giving (a letter
+inside a word, garbage before the answer) and no probability is read from it; the caller then falls
+back to the parsed text (`parse_answer`), recorded as such, never guessed.
 
 Also here: turning the paper's few-shot material (Human/Assistant transcripts, chain-of-thought
 examples with a "{}" slot for the principle) into template inputs.
@@ -23,17 +27,47 @@ from charter.backends.base import TokenLogprob
 
 Option = Literal["A", "B"]
 OPTIONS: tuple[Option, Option] = ("A", "B")
+#: Below this summed probability of both options at the answer position, no logprob label is read.
+DEFAULT_MIN_OPTION_MASS = 0.5
 
-# "A", " A", "(A", " (A)", "A)", "(A)." ... - a bare letter, optionally in parentheses.
-_OPTION_TOKEN = re.compile(r"^\s*\(?\s*([AB])\s*\)?\s*[.:]?\s*$")
+# "A", " A", "(A", " (A)", "A)", "(A).", "**A**" ... - a bare letter, optionally in parentheses or bold.
+_OPTION_TOKEN = re.compile(r"^\s*[(\[*]*\s*([AB])\s*[)\]*]*\s*[.:]?\s*$")
+# The prefix the letter follows; the last one in a text is the answer (reasoning may quote others).
+_ANSWER_PREFIX = re.compile(r"(?i:\bthe\s+answer\s+is\b\s*:?|\banswer\s*:)")
+# A token (or its part after the prefix) that gives no content yet: spaces, an opening "(" or markup.
+_OPENING = re.compile(r"^[\s(\[*\"'`]*$")
+# An opening parenthesis followed by an option letter that is not the start of a word ("(As" is not).
+_PAREN_LETTER = re.compile(r"\(\s*([AB])(?![A-Za-z])")
 
 
 def option_of(token: str) -> Option | None:
-    """The option a token stands for ("A" for " (A)", "(A", "A", ...), or None."""
+    """The option a token stands for ("A" for " (A)", "(A", "A", ...), or None ("As", " (", ...)."""
     match = _OPTION_TOKEN.match(token)
     if not match:
         return None
     return "A" if match.group(1) == "A" else "B"
+
+
+@dataclass
+class Reading:
+    """What the log-probabilities say at the answer position.
+
+    `position` is the index of the generated token where the letter is given and `token` the token
+    generated there (both None when no such position was found); `mass` the unnormalised probability
+    of both options there; `prob_a` the normalised P(A), or None when `mass` is below the minimum.
+    """
+
+    position: int | None = None
+    token: str | None = None
+    mass: float = 0.0
+    prob_a: float | None = None
+
+    @property
+    def letter(self) -> Option | None:
+        """The more probable option, when a probability was read."""
+        if self.prob_a is None:
+            return None
+        return "A" if self.prob_a >= 0.5 else "B"
 
 
 @dataclass
@@ -43,32 +77,125 @@ class OptionProbs:
     prob_a: float
     position: int
     mass: float  # the summed (unnormalised) probability of both options there
+    token: str = ""  # the token generated there
 
     @property
     def prob_b(self) -> float:
         return 1.0 - self.prob_a
 
 
-def option_probs(tokens: Sequence[TokenLogprob]) -> OptionProbs | None:
-    """Soft label from the first position whose top alternatives name an option, else None.
-
-    The token actually generated counts as an alternative too (some servers leave it out of the top
-    list). Probability mass is summed per option over every variant at that position, then the two
-    are normalised to sum to 1. An option missing from the top alternatives gets no mass there.
-    """
-    for position, tok in enumerate(tokens):
-        alternatives = dict(tok.top)
-        if tok.token not in alternatives and math.isfinite(tok.logprob):
-            alternatives[tok.token] = tok.logprob
-        mass = {"A": 0.0, "B": 0.0}
-        for text, logprob in alternatives.items():
-            option = option_of(text)
-            if option is not None and math.isfinite(logprob):
-                mass[option] += math.exp(logprob)
-        total = mass["A"] + mass["B"]
-        if total > 0:
-            return OptionProbs(prob_a=mass["A"] / total, position=position, mass=total)
+def _first_content(tokens: Sequence[TokenLogprob], starts: list[int], anchor: int) -> int | None:
+    """The first token that gives content at or after character `anchor` (skipping " (", spaces)."""
+    for i, tok in enumerate(tokens):
+        end = starts[i] + len(tok.token)
+        if end <= anchor:
+            continue
+        if not _OPENING.match(tok.token[max(0, anchor - starts[i]) :]):
+            return i
     return None
+
+
+def _token_at(starts: list[int], tokens: Sequence[TokenLogprob], offset: int) -> int | None:
+    for i, tok in enumerate(tokens):
+        if starts[i] <= offset < starts[i] + len(tok.token):
+            return i
+    return None
+
+
+def _mass_at(tok: TokenLogprob, head: str) -> tuple[float, float]:
+    """The summed probability of every spelling of A and of B among the alternatives of `tok`.
+
+    The generated token counts as an alternative too (some servers leave it out of the top list).
+    `head` is text before the answer that the generated token also holds (a token like ": (A"): an
+    alternative that starts with the same text is read without it.
+    """
+    alternatives = dict(tok.top)
+    if tok.token not in alternatives and math.isfinite(tok.logprob):
+        alternatives[tok.token] = tok.logprob
+    mass = {"A": 0.0, "B": 0.0}
+    for text, logprob in alternatives.items():
+        if head and text.startswith(head):
+            text = text[len(head) :]
+        option = option_of(text)
+        if option is not None and math.isfinite(logprob):
+            mass[option] += math.exp(logprob)
+    return mass["A"], mass["B"]
+
+
+def read_answer(
+    tokens: Sequence[TokenLogprob],
+    *,
+    min_mass: float = DEFAULT_MIN_OPTION_MASS,
+    after_prefix: bool = False,
+) -> Reading:
+    """Read P(A) at the position where the generated text gives its option letter.
+
+    Candidates, in order: the first content token after the last answer prefix ("So the answer is:")
+    in the text; when there is none (and `after_prefix` is False: a multiple-choice answer, whose
+    prompt ends with the prefix), the first content token of the generation, then the letter right
+    after the first opening "(". The first candidate whose option mass reaches `min_mass` (and is
+    above 0) gives the probability; otherwise the reading carries the evidence of the best candidate
+    and no probability.
+    """
+    starts: list[int] = []
+    offset = 0
+    for tok in tokens:
+        starts.append(offset)
+        offset += len(tok.token)
+    text = "".join(tok.token for tok in tokens)
+    candidates: list[tuple[int, int]] = []  # (token index, character offset where the answer starts)
+    prefixes = list(_ANSWER_PREFIX.finditer(text))
+    if prefixes:
+        anchor = prefixes[-1].end()
+        found = _first_content(tokens, starts, anchor)
+        if found is not None:
+            candidates.append((found, anchor))
+    elif not after_prefix:
+        found = _first_content(tokens, starts, 0)
+        if found is not None:
+            candidates.append((found, 0))
+        paren = _PAREN_LETTER.search(text)
+        if paren is not None:
+            at = _token_at(starts, tokens, paren.start(1))
+            if at is not None and all(at != c for c, _ in candidates):
+                candidates.append((at, paren.start(1)))
+    best = Reading()
+    for index, anchor in candidates:
+        tok = tokens[index]
+        head = tok.token[: max(0, anchor - starts[index])]
+        mass_a, mass_b = _mass_at(tok, head)
+        total = mass_a + mass_b
+        if total > 0 and total >= min_mass:
+            return Reading(index, tok.token, total, mass_a / total)
+        if best.position is None or total > best.mass:
+            best = Reading(index, tok.token, total, None)
+    return best
+
+
+def read_scores(tok: TokenLogprob) -> Reading:
+    """Exact option scores (log-probabilities of the whole continuations " (A)" / " (B)", as the
+    `score_options` backends give them in `tok.top`), normalised without underflow. No minimum mass:
+    the scores are of the options themselves, not of one generated position."""
+    scores: dict[str, float] = {}
+    for text, logprob in tok.top.items():
+        option = option_of(text)
+        if option is not None and math.isfinite(logprob):
+            scores[option] = logprob
+    if "A" not in scores or "B" not in scores:
+        return Reading(0, tok.token, sum(math.exp(v) for v in scores.values()))
+    gap = max(-700.0, min(700.0, scores["B"] - scores["A"]))
+    mass = math.exp(scores["A"]) + math.exp(scores["B"])
+    return Reading(0, tok.token, mass, 1.0 / (1.0 + math.exp(gap)))
+
+
+def option_probs(
+    tokens: Sequence[TokenLogprob], min_mass: float = DEFAULT_MIN_OPTION_MASS
+) -> OptionProbs | None:
+    """Soft label read at the answer position (`read_answer`), or None when none could be read."""
+    reading = read_answer(tokens, min_mass=min_mass)
+    if reading.prob_a is None or reading.position is None:
+        return None
+    return OptionProbs(reading.prob_a, reading.position, reading.mass, reading.token or "")
 
 
 _ANSWER_PATTERNS = [
@@ -84,6 +211,14 @@ _ANSWER_PATTERNS = [
 ]
 _LEADING = re.compile(r"^[\W_]*(?:\(([AB])\)|([AB])(?:[).:*]|\s*$))")
 _MENTION = re.compile(r"\(([AB])\)")
+
+
+def stated_answer(text: str) -> Option | None:
+    """The option of the last explicit answer line ("So the answer is: (B)") in a text, or None."""
+    found = _ANSWER_PATTERNS[0].findall(text)
+    if not found:
+        return None
+    return "A" if found[-1] == "A" else "B"
 
 
 def parse_answer(text: str) -> Option | None:
@@ -189,10 +324,12 @@ def split_cot_example(example: str) -> CoTExample:
 
 
 __all__ = [
+    "DEFAULT_MIN_OPTION_MASS",
     "OPTIONS",
     "CoTExample",
     "Option",
     "OptionProbs",
+    "Reading",
     "clamp",
     "fill_cot_example",
     "frame_principle",
@@ -200,5 +337,8 @@ __all__ = [
     "option_probs",
     "parse_answer",
     "parse_transcript",
+    "read_answer",
+    "read_scores",
     "split_cot_example",
+    "stated_answer",
 ]

@@ -120,6 +120,8 @@ class LabelStep(CallOptions):
     votes: int = Field(default=1, ge=1)
     max_parse_retries: int = Field(default=2, ge=0)
     top_logprobs: int | None = Field(default=None, ge=1)
+    min_option_mass: float = Field(default=0.5, ge=0, le=1)
+    cot_samples: int = Field(default=1, ge=1)
     mode: Literal["chat", "completion"] | None = None
     template: str | None = None
     from_run: str | list[str] | None = None
@@ -447,6 +449,8 @@ def run_pipeline(
                 votes=s3.votes,
                 max_parse_retries=s3.max_parse_retries,
                 top_logprobs=s3.top_logprobs,
+                min_option_mass=s3.min_option_mass,
+                cot_samples=s3.cot_samples,
                 template=s3.template,
                 from_run=runs,
                 **common(s3, loc),

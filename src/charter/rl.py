@@ -26,6 +26,7 @@ from charter.backends.base import Backend
 from charter.backends.registry import get_backend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
+from charter.labels import DEFAULT_MIN_OPTION_MASS
 from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import RunSummary, check_templates, run_chain
@@ -258,7 +259,9 @@ def sample(
 # --- label ----------------------------------------------------------------------------------------
 
 
-def label_rows(run_id: str, item: PairItem, *, model: str, method: str) -> dict[str, list[dict[str, Any]]]:
+def label_rows(
+    run_id: str, item: PairItem, *, model: str, method: str, cot_samples: int | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """The rows one labeled pair adds: pair_labels and feedback_queries."""
     prob_a = item.prob_a
     return {
@@ -277,6 +280,7 @@ def label_rows(run_id: str, item: PairItem, *, model: str, method: str) -> dict[
                 "status": item.status,
                 "raw_text": item.raw_text,
                 "call_ids": item.call_ids,
+                "cot_samples": cot_samples,
             }
         ],
         "feedback_queries": [
@@ -319,6 +323,8 @@ def label(
     votes: int = 1,
     max_parse_retries: int = 2,
     top_logprobs: int | None = None,
+    min_option_mass: float = DEFAULT_MIN_OPTION_MASS,
+    cot_samples: int = 1,
     mode: Literal["chat", "completion"] | None = None,
     template: str | None = None,
     from_run: str | list[str] | None = None,
@@ -338,11 +344,17 @@ def label(
     `clamp` (default (0.4, 0.6); multiple-choice labels are not clamped unless `clamp` is given).
     `mode` defaults to completion (the paper's exact prompt) for `text-completion-*` models and
     backends with `score_options`, chat otherwise.
+
+    A log-probability label is read only where both options hold at least `min_option_mass` of the
+    probability at the answer position; below it the answer is parsed (or the pair is `unparsed`).
+    `cot_samples=K` (method "cot"): K reasonings at temperature 1, each clamped, then averaged.
     """
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: expected logprobs or cot")
     if mode is not None and mode not in ("chat", "completion"):
         raise ValueError(f"--mode {mode!r}: expected chat or completion")
+    if cot_samples != 1 and method != "cot":
+        raise ValueError("--cot-samples samples chains of thought: it needs --method cot")
     _require_db(db)
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
@@ -357,11 +369,14 @@ def label(
         "max_parse_retries": max_parse_retries,
         "top_logprobs": top_logprobs,
         "template": template,
+        "min_option_mass": min_option_mass,
     }
     if clamp is not None:
         common["clamp"] = clamp
     step: LabelMC | LabelCoT = (
-        LabelMC(constitution_obj, **common) if method == "logprobs" else LabelCoT(constitution_obj, **common)
+        LabelMC(constitution_obj, **common)
+        if method == "logprobs"
+        else LabelCoT(constitution_obj, cot_samples=cot_samples, **common)
     )
     chain: Chain[PairItem] = Chain([step])
     check_templates(chain, chosen_mode, prompts_dir)
@@ -387,6 +402,8 @@ def label(
             "from_run_ids": run_ids,
             "limit": limit,
             "scores": wrapped.can_score,
+            "min_option_mass": min_option_mass,
+            "cot_samples": cot_samples if method == "cot" else None,
             "chain": chain.describe(),
         }
         name = run_name or default_run_name("label", config)
@@ -406,7 +423,9 @@ def label(
             done_table="pair_labels",
             done_column="pair_id",
             item_id=lambda item: item.pair_id,
-            rows=functools.partial(label_rows, model=model, method=method),
+            rows=functools.partial(
+                label_rows, model=model, method=method, cot_samples=cot_samples if method == "cot" else None
+            ),
             db=store,
             model=model,
             api_base=api_base,

@@ -132,6 +132,20 @@ def register(app: typer.Typer) -> None:
         top_logprobs: int | None = typer.Option(
             None, "--top-logprobs", min=1, help="Alternatives per position (default 20 chat, 5 completion)."
         ),
+        min_option_mass: float = typer.Option(
+            0.5,
+            "--min-option-mass",
+            min=0.0,
+            max=1.0,
+            help="Read a logprob label only where (A) and (B) hold this much probability at the answer "
+            "position; below it the answer is parsed.",
+        ),
+        cot_samples: int = typer.Option(
+            1,
+            "--cot-samples",
+            min=1,
+            help="With --method cot: K reasoning samples (temperature 1), clamped, then averaged.",
+        ),
         mode: str | None = typer.Option(
             None,
             "--mode",
@@ -156,6 +170,10 @@ def register(app: typer.Typer) -> None:
 
         if method not in METHODS:
             raise common.UsageError(f"--method {method!r}: expected logprobs or cot")
+        if cot_samples > 1 and method != "cot":
+            raise common.UsageError("--cot-samples samples chains of thought: it needs --method cot")
+        if cot_samples > 1 and votes > 1:
+            raise common.UsageError("--cot-samples and --votes both sample the reasoning: give one of them")
         summary = label(
             db=db,
             model=model,
@@ -168,6 +186,8 @@ def register(app: typer.Typer) -> None:
             votes=votes,
             max_parse_retries=max_parse_retries,
             top_logprobs=top_logprobs,
+            min_option_mass=min_option_mass,
+            cot_samples=cot_samples,
             mode=_mode(mode),
             template=template,
             from_run=from_run or None,

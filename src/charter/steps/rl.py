@@ -8,9 +8,11 @@ replacement; `ensemble=K` draws K and averages), the question is asked (and with
 again with the options swapped, cancelling position bias), and the soft label is read from, in order
 of preference, the backend's exact `score_options`, the top log-probabilities at the answer, or the
 parsed text (`votes=k` samples and counts instead). Where the answer came from is recorded as
-`label_source` (`scores` | `logprobs` | `vote` | `parsed`). An answer that cannot be read is retried
-with a new `sample_index` and, if it still cannot, the pair is flagged `status='unparsed'` with the
-raw text: nothing is dropped, nothing becomes a silent 0.5.
+`label_source` (`scores` | `logprobs` | `vote` | `parsed`). Log-probabilities are read at the position
+where the letter is given (`charter.labels.read_answer`), and only when both options hold at least
+`min_option_mass` there; the evidence (position, token, mass) is stored with every query. An answer
+that cannot be read is retried with a new `sample_index` and, if it still cannot, the pair is flagged
+`status='unparsed'` with the raw text: nothing is dropped, nothing becomes a silent 0.5.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from pydantic import BaseModel, Field
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest, TokenLogprob
 from charter.constitution import Constitution, Principle, load_constitution
 from charter.labels import (
+    DEFAULT_MIN_OPTION_MASS,
+    Reading,
     clamp,
     fill_cot_example,
-    option_probs,
     parse_answer,
     parse_transcript,
+    read_answer,
+    read_scores,
     split_cot_example,
+    stated_answer,
 )
 from charter.prompts import RenderedPrompt
 from charter.records import PromptRecord, messages_to_dicts
@@ -217,6 +223,15 @@ class FeedbackQuery(BaseModel):
     answer: str | None = None  # the option as presented, A or B
     prob_a: float | None = None  # P(the pair's response_a), whatever the presented order
     label_source: str | None = None
+    # The evidence of a log-probability reading: where the letter was read, what was generated there,
+    # and the probability of both options there before normalising (NULL when nothing was read).
+    answer_position: int | None = None
+    answer_token: str | None = None
+    option_mass: float | None = None
+    # Chain of thought: the answer the reasoning stated, and whether a re-ask contradicted it.
+    stated_answer: str | None = None
+    contradicts: bool | None = None
+    cot_sample: int | None = None  # which of the --cot-samples reasoning samples
 
 
 class PairItem(BaseModel):
@@ -251,10 +266,21 @@ class _Answer:
     """What one (member, order) query concluded."""
 
     ok: bool
-    prob_a: float | None = None  # in the presented order
+    probs: list[float] = field(default_factory=list)  # P(A) as presented: one, or one per CoT sample
     source: str | None = None
     reasoning: str | None = None
     queries: list[FeedbackQuery] = field(default_factory=list)
+
+
+@dataclass
+class _Read:
+    """One answer call read: P(A) as presented, where it came from, the letter, the evidence."""
+
+    result: CallResult
+    prob_a: float | None = None
+    source: str | None = None
+    answer: str | None = None
+    evidence: Reading | None = None
 
 
 @dataclass
@@ -325,6 +351,7 @@ class _Labeler(Step[PairItem]):
         max_parse_retries: int = 2,
         top_logprobs: int | None = None,
         template: str | None = None,
+        min_option_mass: float = DEFAULT_MIN_OPTION_MASS,
     ) -> None:
         self.constitution = load_constitution(constitution) if isinstance(constitution, str) else constitution
         if not self.constitution.feedback_principles:
@@ -337,6 +364,8 @@ class _Labeler(Step[PairItem]):
             raise ValueError("max_parse_retries must be >= 0")
         if clamp is not None and not 0 <= clamp[0] <= clamp[1] <= 1:
             raise ValueError(f"clamp {clamp}: need 0 <= low <= high <= 1")
+        if not 0 <= min_option_mass <= 1:
+            raise ValueError(f"--min-option-mass {min_option_mass}: expected a probability in [0, 1]")
         self.ensemble = ensemble
         self.swap = swap
         self.clamp = clamp
@@ -344,8 +373,12 @@ class _Labeler(Step[PairItem]):
         self.max_parse_retries = max_parse_retries
         self.top_logprobs = top_logprobs
         self.template = template
+        self.min_option_mass = min_option_mass
         self._vote_sampler = _NSampler()
         self._no_logprobs = False
+
+    # Independent samples per (member, order), averaged after clamping (LabelCoT's `cot_samples`).
+    samples = 1
 
     # -- what subclasses provide --------------------------------------------------------------
     def template_name(self, mode: str) -> str:
@@ -367,6 +400,7 @@ class _Labeler(Step[PairItem]):
         few_shot: Any,
         attempt: int,
         params: dict[str, Any],
+        sample: int,
     ) -> _Try:
         raise NotImplementedError
 
@@ -393,18 +427,59 @@ class _Labeler(Step[PairItem]):
         few_shot: Any,
         ctx: StepContext,
     ) -> _Answer:
-        """Ask until the answer can be read (`max_parse_retries` re-asks); with `votes > 1` a parsed
-        answer is settled by a vote instead."""
-        queries: list[FeedbackQuery] = []
+        """One (member, order) answer: one question, or `samples` of them drawn at temperature 1.
+
+        Each sample is asked until it can be read (`max_parse_retries` re-asks). Sample `s` numbers
+        its attempts from `s * (max_parse_retries + 1)`, so every question asked for this (member,
+        order) has its own attempt and `sample_index` and the request cache keeps them apart.
+        """
         base = _defaults(ctx, self.attempt_params)
-        for attempt in range(self.max_parse_retries + 1):
-            params = self._retry_params(ctx, attempt, base)
-            got = await self._attempt(ctx, item, member, principle, swapped, few_shot, attempt, params)
+        if self.samples == 1:
+            return await self._ask_sample(ctx, item, member, principle, swapped, few_shot, base, 0)
+        base = {**base, **_defaults(ctx, {"temperature": 1.0})}
+        answers = await asyncio.gather(
+            *(
+                self._ask_sample(ctx, item, member, principle, swapped, few_shot, base, s)
+                for s in range(self.samples)
+            )
+        )
+        queries = [q for a in answers for q in a.queries]
+        readable = [(s, a) for s, a in enumerate(answers) if a.ok]
+        if not readable:
+            return _Answer(False, queries=queries)
+        reasonings = [f"[sample {s + 1}] {a.reasoning}" for s, a in readable if a.reasoning is not None]
+        return _Answer(
+            True,
+            [p for _, a in readable for p in a.probs],
+            max((a.source or "parsed" for _, a in readable), key=_SOURCE_RANK.__getitem__),
+            "\n\n".join(reasonings) if reasonings else None,
+            queries,
+        )
+
+    async def _ask_sample(
+        self,
+        ctx: StepContext,
+        item: PairItem,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        few_shot: Any,
+        base: dict[str, Any],
+        sample: int,
+    ) -> _Answer:
+        """Ask until the answer can be read; with `votes > 1` a parsed answer is settled by a vote."""
+        queries: list[FeedbackQuery] = []
+        first = sample * (self.max_parse_retries + 1)
+        for retry in range(self.max_parse_retries + 1):
+            params = self._retry_params(ctx, retry, base)
+            got = await self._attempt(
+                ctx, item, member, principle, swapped, few_shot, first + retry, params, sample
+            )
             queries.append(got.query)
             if got.source == "parsed" and self.votes > 1:
                 return await self._votes(ctx, item, member, principle, swapped, few_shot, queries, got)
             if got.prob_a is not None:
-                return _Answer(True, got.prob_a, got.source, got.reasoning, queries)
+                return _Answer(True, [got.prob_a], got.source, got.reasoning, queries)
         return _Answer(False, queries=queries)
 
     def _template(self, ctx: StepContext) -> str:
@@ -432,45 +507,67 @@ class _Labeler(Step[PairItem]):
             **extra,
         )
 
-    def _logprob_params(self, ctx: StepContext, mode: str) -> dict[str, Any]:
+    def _logprob_params(self, ctx: StepContext, mode: str, top: int | None = None) -> dict[str, Any]:
         if self._no_logprobs:
             return {}
         if mode == "chat":
-            return _defaults(ctx, {"logprobs": True, "top_logprobs": self.top_logprobs or 20})
-        return _defaults(ctx, {"logprobs": self.top_logprobs or 5})
+            return _defaults(ctx, {"logprobs": True, "top_logprobs": self.top_logprobs or top or 20})
+        return _defaults(ctx, {"logprobs": self.top_logprobs or top or 5})
 
     def _can_score(self, ctx: StepContext, rendered: RenderedPrompt) -> bool:
         return rendered.mode == "completion" and bool(getattr(ctx.runner.backend, "can_score", False))
 
-    async def _read(
-        self, ctx: StepContext, step: str, rendered: RenderedPrompt, attempt: int, **params: Any
-    ) -> tuple[CallResult, float | None, str | None, str | None]:
-        """Ask for the answer to `rendered` and read it: (call, P(A) as presented, source, answer letter)."""
-        if self._can_score(ctx, rendered):
-            scoring: dict[str, Any] = {SCORE_PARAM: SCORE_OPTIONS}
-            result = await ctx.runner.call(step, ctx.request(rendered, **scoring))
-            read = option_probs(result.completion.logprobs[0]) if result.completion.logprobs else None
-            if read is not None:
-                return result, read.prob_a, "scores", "A" if read.prob_a >= 0.5 else "B"
-        wanted = {**self._logprob_params(ctx, rendered.mode), **params}
+    async def _generate(
+        self,
+        ctx: StepContext,
+        step: str,
+        rendered: RenderedPrompt,
+        sample_index: int,
+        logprobs: dict[str, Any],
+        **params: Any,
+    ) -> CallResult:
+        """One call with the log-probability parameters `logprobs`; a backend that refuses them is
+        asked again without (and not asked for them again: the answers are then parsed)."""
+        wanted = {**logprobs, **params}
         try:
-            result = await ctx.complete(step, rendered, sample_index=attempt, **wanted)
+            return await ctx.complete(step, rendered, sample_index=sample_index, **wanted)
         except CallFailed as exc:
-            # A backend that refuses log-probability parameters: ask again without them (parsed path).
-            if self._no_logprobs or not _fallback_ok(exc) or not self._logprob_params(ctx, rendered.mode):
+            if self._no_logprobs or not _fallback_ok(exc) or not logprobs:
                 raise
             self._no_logprobs = True
             wanted = {k: v for k, v in wanted.items() if k not in ("logprobs", "top_logprobs")}
-            result = await ctx.complete(step, rendered, sample_index=attempt, **wanted)
+            return await ctx.complete(step, rendered, sample_index=sample_index, **wanted)
+
+    def _reading(self, result: CallResult, *, after_prefix: bool, parse: Any = parse_answer) -> _Read:
+        """P(A) at the answer position when the options hold `min_option_mass` there, else parsed."""
         completion = result.completion
+        evidence = None
         if completion.logprobs and completion.logprobs[0]:
-            read = option_probs(completion.logprobs[0])
-            if read is not None:
-                return result, read.prob_a, "logprobs", "A" if read.prob_a >= 0.5 else "B"
-        answer = parse_answer(completion.text)
+            evidence = read_answer(
+                completion.logprobs[0], min_mass=self.min_option_mass, after_prefix=after_prefix
+            )
+            if evidence.prob_a is not None:
+                return _Read(result, evidence.prob_a, "logprobs", evidence.letter, evidence)
+        answer = parse(completion.text)
         if answer is None:
-            return result, None, None, None
-        return result, (1.0 if answer == "A" else 0.0), "parsed", answer
+            return _Read(result, evidence=evidence)
+        return _Read(result, 1.0 if answer == "A" else 0.0, "parsed", answer, evidence)
+
+    async def _read(
+        self, ctx: StepContext, step: str, rendered: RenderedPrompt, attempt: int, **params: Any
+    ) -> _Read:
+        """Ask for the answer to `rendered` and read it (exact scores where the backend has them)."""
+        if self._can_score(ctx, rendered):
+            scoring: dict[str, Any] = {SCORE_PARAM: SCORE_OPTIONS}
+            result = await ctx.runner.call(step, ctx.request(rendered, **scoring))
+            if result.completion.logprobs and result.completion.logprobs[0]:
+                scored = read_scores(result.completion.logprobs[0][0])
+                if scored.prob_a is not None:
+                    return _Read(result, scored.prob_a, "scores", scored.letter, scored)
+        result = await self._generate(
+            ctx, step, rendered, attempt, self._logprob_params(ctx, rendered.mode), **params
+        )
+        return self._reading(result, after_prefix=False)
 
     def _retry_params(self, ctx: StepContext, attempt: int, base: dict[str, Any]) -> dict[str, Any]:
         # A retry must be able to come out differently: sample it unless the user fixed a temperature.
@@ -504,12 +601,14 @@ class _Labeler(Step[PairItem]):
             state.raw_text = "\n\n".join(texts)
             state.label_source = None
             return state
-        probs = []  # P(response_a) per query, in the pair's own order
+        unclamped, clamped = [], []  # per query, P(response_a) in the pair's own order
         for (_, _, swapped, _), answer in zip(jobs, answers, strict=True):
-            assert answer.prob_a is not None
-            probs.append(1.0 - answer.prob_a if swapped else answer.prob_a)
-        state.prob_a_unclamped = sum(probs) / len(probs)
-        state.prob_a = sum(clamp(p, self.clamp) for p in probs) / len(probs)
+            own = [1.0 - p if swapped else p for p in answer.probs]
+            unclamped.append(sum(own) / len(own))
+            # Each sample is clamped before averaging, as the paper's ensembled CoT does.
+            clamped.append(sum(clamp(p, self.clamp) for p in own) / len(own))
+        state.prob_a_unclamped = sum(unclamped) / len(unclamped)
+        state.prob_a = sum(clamped) / len(clamped)
         state.label_source = max((a.source or "parsed" for a in answers), key=_SOURCE_RANK.__getitem__)
         state.status = "ok"
         state.raw_text = "\n\n".join(texts) if texts else None
@@ -527,6 +626,11 @@ class _Labeler(Step[PairItem]):
         prob_a: float | None,
         source: str | None,
         reasoning_call: CallResult | None = None,
+        *,
+        evidence: Reading | None = None,
+        stated: str | None = None,
+        contradicts: bool | None = None,
+        sample: int | None = None,
     ) -> FeedbackQuery:
         """One query's record; `prob_a` as presented, stored in the pair's own order."""
         return FeedbackQuery(
@@ -541,6 +645,37 @@ class _Labeler(Step[PairItem]):
             answer=answer,
             prob_a=None if prob_a is None else (1.0 - prob_a if swapped else prob_a),
             label_source=source,
+            answer_position=evidence.position if evidence else None,
+            answer_token=evidence.token if evidence else None,
+            option_mass=evidence.mass if evidence and evidence.position is not None else None,
+            stated_answer=stated,
+            contradicts=contradicts,
+            cot_sample=sample,
+        )
+
+    def _read_query(
+        self,
+        member: int,
+        principle: Principle,
+        swapped: bool,
+        kind: str,
+        attempt: int,
+        read: _Read,
+        **extra: Any,
+    ) -> FeedbackQuery:
+        """`_query` for an answer call that was read."""
+        return self._query(
+            member,
+            principle,
+            swapped,
+            kind,
+            attempt,
+            read.result,
+            read.answer,
+            read.prob_a,
+            read.source,
+            evidence=read.evidence,
+            **extra,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -556,6 +691,7 @@ class _Labeler(Step[PairItem]):
             "max_parse_retries": self.max_parse_retries,
             "top_logprobs": self.top_logprobs,
             "template": self.template,
+            "min_option_mass": self.min_option_mass,
         }
 
 
@@ -608,11 +744,12 @@ class LabelMC(_Labeler):
         few_shot: Any,
         attempt: int,
         params: dict[str, Any],
+        sample: int,
     ) -> _Try:
         rendered = self._render(ctx, item, principle, swapped, few_shot)
-        result, prob_a, source, answer = await self._read(ctx, "label", rendered, attempt, **params)
-        query = self._query(member, principle, swapped, "mc", attempt, result, answer, prob_a, source)
-        return _Try(prob_a, source, query, rendered=rendered)
+        read = await self._read(ctx, "label", rendered, attempt, **params)
+        query = self._read_query(member, principle, swapped, "mc", attempt, read)
+        return _Try(read.prob_a, read.source, query, rendered=rendered)
 
     async def _votes(
         self,
@@ -636,24 +773,50 @@ class LabelMC(_Labeler):
             prob = None if letter is None else float(letter == "A")
             queries.append(self._query(member, principle, swapped, "vote", j, d, letter, prob, "vote"))
         prob_a = _vote(letters)
-        return _Answer(prob_a is not None, prob_a, "vote", None, queries)
+        return _Answer(prob_a is not None, [] if prob_a is None else [prob_a], "vote", None, queries)
+
+
+@dataclass
+class _Thought:
+    """One chain of thought and the answer read from it (or from the re-ask after it)."""
+
+    reasoning_call: CallResult
+    reasoning: str
+    read: _Read
+    stated: str | None  # the answer the reasoning itself gives, as presented
+    contradicts: bool | None  # the re-ask's answer differs from `stated` (None: no re-ask)
 
 
 class LabelCoT(_Labeler):
     """Chain-of-thought label: "Let's think step by step:", then P(A)/P(B) after "So the answer is:".
 
-    The reasoning is one call; the answer is a second call with the reasoning appended, read from
-    log-probabilities (or exact scores) where the backend gives them, else parsed from its text (or
-    from the reasoning). Probabilities are clamped (the paper: [0.4, 0.6]).
+    Chat mode asks for the reasoning to end with "So the answer is: (A)" / "(B)" and reads the
+    probabilities at that line's letter from the same call's log-probabilities: one call per query.
+    Only a reasoning without an answer line is followed by a second question ("reply with (A) or (B)
+    only"); its answer is stored next to what the reasoning said, flagged (`contradicts`) when they
+    differ. Completion mode keeps the paper's two steps: the reasoning stops at "\\n\\nHuman:" and
+    "So the answer is:" is the Human's next turn, so its answer is always a second call. Without
+    usable log-probabilities the answer is parsed. Probabilities are clamped (the paper: [0.4, 0.6]);
+    `cot_samples=K` draws K reasonings at temperature 1 and averages their clamped probabilities
+    (the paper's ensembled CoT).
     """
 
     name = "label_cot"
     method = "cot"
     attempt_params: ClassVar[dict[str, Any]] = {"max_tokens": 512}
+    # Alternatives per position on the reasoning call (it is long: a smaller default keeps calls small).
+    reasoning_top_logprobs = 5
 
-    def __init__(self, constitution: Constitution | str = "anthropic-rl", **kwargs: Any) -> None:
+    def __init__(
+        self, constitution: Constitution | str = "anthropic-rl", *, cot_samples: int = 1, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("clamp", (0.4, 0.6))
         super().__init__(constitution, **kwargs)
+        if cot_samples < 1:
+            raise ValueError(f"--cot-samples {cot_samples}: expected at least 1")
+        if cot_samples > 1 and self.votes > 1:
+            raise ValueError("--cot-samples and --votes both sample the reasoning: give one of them")
+        self.samples = cot_samples
 
     def template_name(self, mode: str) -> str:
         return "label-cot-paper" if mode == "completion" else "label-cot-chat"
@@ -690,21 +853,29 @@ class LabelCoT(_Labeler):
         few_shot: Any,
         sample_index: int,
         reasoning_params: dict[str, Any],
-    ) -> tuple[CallResult, str, CallResult, float | None, str | None, str | None]:
+    ) -> _Thought:
         question = self._render(ctx, item, principle, swapped, few_shot, reasoning=None)
-        thought = await ctx.complete(
-            "label_reasoning", question, sample_index=sample_index, **reasoning_params
+        one_call = question.mode == "chat"
+        logprobs = self._logprob_params(ctx, "chat", self.reasoning_top_logprobs) if one_call else {}
+        thought = await self._generate(
+            ctx, "label_reasoning", question, sample_index, logprobs, **reasoning_params
         )
         reasoning = thought.completion.text.strip()
+        if one_call:
+            read = self._reading(thought, after_prefix=True, parse=stated_answer)
+            if read.prob_a is not None:
+                return _Thought(thought, reasoning, read, stated_answer(reasoning), None)
+        # No answer line (chat), or the paper's two steps (completion): ask "So the answer is:".
         follow_up = self._render(ctx, item, principle, swapped, few_shot, reasoning=reasoning)
         answer_params = _defaults(ctx, {"max_tokens": 8, "temperature": 0.0})
-        result, prob_a, source, answer = await self._read(ctx, "label_answer", follow_up, 0, **answer_params)
-        if prob_a is None or source == "parsed":
-            # The answer call said nothing usable (or no log-probabilities): the reasoning may say it.
-            from_reasoning = parse_answer(reasoning) if prob_a is None else None
-            if from_reasoning is not None:
-                prob_a, source, answer = (1.0 if from_reasoning == "A" else 0.0), "parsed", from_reasoning
-        return thought, reasoning, result, prob_a, source, answer
+        read = await self._read(ctx, "label_answer", follow_up, 0, **answer_params)
+        stated = parse_answer(reasoning)
+        if read.prob_a is None and stated is not None:
+            # The answer call said nothing usable: the reasoning may say it.
+            read = _Read(read.result, 1.0 if stated == "A" else 0.0, "parsed", stated, read.evidence)
+            return _Thought(thought, reasoning, read, stated, None)
+        contradicts = None if stated is None or read.answer is None else read.answer != stated
+        return _Thought(thought, reasoning, read, stated, contradicts)
 
     async def _attempt(
         self,
@@ -716,14 +887,22 @@ class LabelCoT(_Labeler):
         few_shot: Any,
         attempt: int,
         params: dict[str, Any],
+        sample: int,
     ) -> _Try:
-        thought, reasoning, result, prob_a, source, answer = await self._reason_and_answer(
-            ctx, item, principle, swapped, few_shot, attempt, params
+        t = await self._reason_and_answer(ctx, item, principle, swapped, few_shot, attempt, params)
+        query = self._read_query(
+            member,
+            principle,
+            swapped,
+            "cot",
+            attempt,
+            t.read,
+            reasoning_call=t.reasoning_call,
+            stated=t.stated,
+            contradicts=t.contradicts,
+            sample=sample,
         )
-        query = self._query(
-            member, principle, swapped, "cot", attempt, result, answer, prob_a, source, thought
-        )
-        return _Try(prob_a, source, query, reasoning=reasoning)
+        return _Try(t.read.prob_a, t.read.source, query, reasoning=t.reasoning)
 
     async def _votes(
         self,
@@ -741,16 +920,34 @@ class LabelCoT(_Labeler):
         params = _defaults(ctx, {"max_tokens": 512, "temperature": 1.0})
         letters: list[str | None] = [None if first.prob_a is None else ("A" if first.prob_a >= 0.5 else "B")]
         for j in range(1, self.votes):
-            thought, _, result, prob_a, _, _ = await self._reason_and_answer(
-                ctx, item, principle, swapped, few_shot, 1000 + j, params
-            )
+            t = await self._reason_and_answer(ctx, item, principle, swapped, few_shot, 1000 + j, params)
+            prob_a = t.read.prob_a
             letter = None if prob_a is None else ("A" if prob_a >= 0.5 else "B")
             letters.append(letter)
             queries.append(
-                self._query(member, principle, swapped, "vote", j, result, letter, prob_a, "vote", thought)
+                self._query(
+                    member,
+                    principle,
+                    swapped,
+                    "vote",
+                    j,
+                    t.read.result,
+                    letter,
+                    prob_a,
+                    "vote",
+                    t.reasoning_call,
+                    evidence=t.read.evidence,
+                    stated=t.stated,
+                    contradicts=t.contradicts,
+                )
             )
         prob_a = _vote(letters)
-        return _Answer(prob_a is not None, prob_a, "vote", first.reasoning, queries)
+        return _Answer(
+            prob_a is not None, [] if prob_a is None else [prob_a], "vote", first.reasoning, queries
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "cot_samples": self.samples}
 
 
 def stored_prompt(prompt_id: Any, messages: str | list[Any]) -> PromptRecord:

@@ -161,7 +161,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, pair_id, member, swapped, kind, attempt)
     );
     """,
-    # 3: evaluations - one row per evaluated comparison (`charter eval`), the view eval_results.
+    # 3: the evidence behind each feedback query's reading (issue 9): where the option letter was
+    # read, the token generated there and both options' probability mass there before normalising;
+    # for chain of thought the answer the reasoning stated, whether a re-ask contradicted it, and
+    # which of the --cot-samples samples the query is; the label's number of CoT samples.
+    """
+    ALTER TABLE feedback_queries ADD COLUMN answer_position INTEGER;
+    ALTER TABLE feedback_queries ADD COLUMN answer_token VARCHAR;
+    ALTER TABLE feedback_queries ADD COLUMN option_mass DOUBLE;
+    ALTER TABLE feedback_queries ADD COLUMN stated_answer VARCHAR;
+    ALTER TABLE feedback_queries ADD COLUMN contradicts BOOLEAN;
+    ALTER TABLE feedback_queries ADD COLUMN cot_sample INTEGER;
+    ALTER TABLE pair_labels ADD COLUMN cot_samples INTEGER;
+    """,
+    # 4: evaluations - one row per evaluated comparison (`charter eval`), the view eval_results.
     """
     CREATE TABLE eval_items (
         run_id VARCHAR NOT NULL,
