@@ -86,6 +86,8 @@ def revise(
     seed: int = 0,
     mode: Literal["chat", "completion"] = "chat",
     few_shot: bool = True,
+    respond_few_shot: bool = False,
+    always_revise: bool = False,
     limit: int | None = None,
     run_name: str | None = None,
     api_base: str | list[str] | None = None,
@@ -101,6 +103,10 @@ def revise(
     Re-running the same call resumes the same run: finished prompts are skipped and finished calls
     come from the request cache, so nothing is asked twice and no row is duplicated.
 
+    `respond_few_shot` puts the few-shot critique/revision transcripts in front of the first answer
+    in completion mode (by default it is the plain answer to the conversation, as in the paper);
+    `always_revise` asks for a revision every round even when a chat critique's verdict is "no change".
+
     `shard="i/n"` keeps only the prompts whose id hashes to shard i of n (after `limit`); the run
     name does not include the shard, so `charter merge` joins the shards' files into one run.
     """
@@ -111,8 +117,8 @@ def revise(
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     )
-    chain: Chain[RevisedExample] = Respond(constitution_obj) >> CritiqueRevise(
-        constitution_obj, rounds=rounds
+    chain: Chain[RevisedExample] = Respond(constitution_obj, few_shot=respond_few_shot) >> CritiqueRevise(
+        constitution_obj, rounds=rounds, always_revise=always_revise
     )
     config = {
         "model": model,
@@ -129,6 +135,10 @@ def revise(
         "limit": limit,
         "chain": chain.describe(),
     }
+    if mode == "completion":
+        # The first answer's prompt changed (no few-shot, a CritiqueRequest stop): a new run name, so
+        # runs made the old way are not resumed into.
+        config["respond_few_shot"] = respond_few_shot
     name = run_name or default_run_name("revise", config)
     if shard_obj is not None and shard_obj.count > 1:
         config["shard"] = str(shard_obj)
