@@ -34,7 +34,11 @@ def example_rows(run_id: str, example: RevisedExample) -> dict[str, list[dict[st
     """The rows one finished prompt adds: prompts, responses, revisions and sft_examples."""
     prompt = example.prompt
     conversation = messages_to_dicts(prompt.messages)
-    first = example.rounds[0] if example.rounds else None
+    # critic_* and revision_* come from one round: the one that produced the final response (the last
+    # that asked for a revision; later "no change" rounds carry it over), as charter export reads them.
+    revised = [r for r in example.rounds if r.needs_revision or r.revision_call_id is not None]
+    rounds = revised or example.rounds
+    source = rounds[-1] if rounds else None
     final = example.final_response
     return {
         "prompts": [
@@ -67,10 +71,10 @@ def example_rows(run_id: str, example: RevisedExample) -> dict[str, list[dict[st
                 ),
                 "init_prompt": prompt.prompt,
                 "init_response": example.initial_response,
-                "critic_prompt": first.critique_request if first else None,
-                "critic_response": first.critique if first else None,
-                "revision_prompt": first.revision_request if first else None,
-                "revision_response": final if first else None,
+                "critic_prompt": source.critique_request if source else None,
+                "critic_response": source.critique if source else None,
+                "revision_prompt": source.revision_request if source else None,
+                "revision_response": final if source else None,
             }
         ],
     }
