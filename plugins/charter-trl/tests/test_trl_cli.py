@@ -71,7 +71,9 @@ def test_train_sft_run_where_all_rounds_and_mix(db: Path, tiny_model: Path, tmp_
     # --run keeps one revise run (4 prompts); --final-only its final revisions, --all-rounds (the
     # default, still accepted) both rounds' revisions.
     assert (
-        _train("sft", db, tiny_model, tmp_path / "a", "--run", "revise-a", "--final-only", "--max-steps", 1).code
+        _train(
+            "sft", db, tiny_model, tmp_path / "a", "--run", "revise-a", "--final-only", "--max-steps", 1
+        ).code
         == 0
     )
     assert (
@@ -98,7 +100,9 @@ def test_train_sft_run_where_all_rounds_and_mix(db: Path, tiny_model: Path, tmp_
     )
 
     a, b, c, d = _runs(db)
-    assert a["train_rows"] == 4 and a["config"]["run"] == "revise-a" and a["config"]["source"] == "sft_examples"
+    assert (
+        a["train_rows"] == 4 and a["config"]["run"] == "revise-a" and a["config"]["source"] == "sft_examples"
+    )
     assert b["train_rows"] == 8 and b["config"]["source"] == "revisions" and b["config"]["all_rounds"]
     assert c["train_rows"] == 4 and c["config"]["where"] == where  # 2 prompts x 2 rounds
     assert d["train_rows"] == 8 and d["metrics"]["mix_rows"] == 1 and d["config"]["mix"] == str(mix)
