@@ -339,7 +339,6 @@ def run_training(
     elif kind in ("reward", "dpo"):
         rows, label_run = read_preferences(db_path, selection)
         notes["label_run"] = label_run.name
-        _tell(label_run.note())
         source = "preference_pairs"
     else:
         rows = read_prompt_rows(db_path, selection)
@@ -373,6 +372,9 @@ def run_training(
         "options": opts.to_dict(),
     }
     config.update(notes)
+    # What was read, told once the input has passed every check (a bad input prints its error only).
+    if kind in ("reward", "dpo"):
+        _tell(label_run.note())
     if kind == "sft":
         _tell(
             f"sft: {len(rows)} examples from every round's revision ({notes['duplicate_rounds_dropped']} "
