@@ -148,3 +148,9 @@ def columns(db: Path, relation: str) -> list[str]:
 def revise_args(prompts: Path, db: Path, server: FakeOpenAIServer, *extra: Any) -> list[Any]:
     """`revise PROMPTS --db DB --model openai/test --api-base URL` plus `extra`."""
     return ["revise", prompts, "--db", db, "--model", CHAT_MODEL, "--api-base", server.base_url, *extra]
+
+
+def completion_args(prompts: Path, db: Path, server: FakeOpenAIServer, *extra: Any) -> list[Any]:
+    """`revise PROMPTS --db DB --model <completion model> --api-base URL --mode completion` plus `extra`."""
+    model = ["--model", COMPLETION_MODEL, "--api-base", server.base_url, "--mode", "completion"]
+    return ["revise", prompts, "--db", db, *model, *extra]

@@ -29,10 +29,12 @@ def server(fake_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
     fake_server.reset()
     fake_server.latency_s = 0.0
     fake_server.responder = default_responder
+    fake_server.include_stop = False
     yield fake_server
     fake_server.clear_faults()
     fake_server.latency_s = 0.0
     fake_server.responder = default_responder
+    fake_server.include_stop = False
 
 
 @pytest.fixture

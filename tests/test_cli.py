@@ -184,7 +184,7 @@ def sft_rows(db: Path) -> dict[str, dict[str, object]]:
 
 def test_export_sft_trl_is_the_final_revision_as_messages(cli, revised_db, tmp_path):
     out = tmp_path / "sft.jsonl"
-    result = cli("export", revised_db, "--dataset", "sft", "--out", out)
+    result = cli("export", revised_db, "--dataset", "sft", "--out", out, "--final-only")
     assert result.code == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     stored = sft_rows(revised_db)
@@ -199,7 +199,7 @@ def test_export_sft_trl_is_the_final_revision_as_messages(cli, revised_db, tmp_p
 
 def test_export_sft_hf_cai_has_exactly_the_datasets_columns(cli, revised_db, tmp_path):
     out = tmp_path / "cai.jsonl"
-    result = cli("export", revised_db, "--dataset", "sft", "--out", out, "--schema", "hf-cai")
+    result = cli("export", revised_db, "--dataset", "sft", "--out", out, "--schema", "hf-cai", "--final-only")
     assert result.code == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2
@@ -210,14 +210,13 @@ def test_export_sft_hf_cai_has_exactly_the_datasets_columns(cli, revised_db, tmp
     for row in rows:
         assert list(row) == HF_CAI_COLUMNS
         prompt = row["prompt"]
-        first, last = rounds[(prompt, 1)], rounds[(prompt, 2)]
+        last = rounds[(prompt, 2)]
         assert row["init_prompt"] == prompt
-        assert (row["critic_prompt"], row["critic_response"]) == (
-            first["critique_request"],
-            first["critique"],
-        )
+        # Critique and revision come from the same round, the one that produced the final revision
+        # (issue 9: critic_* used to be round 1's next to the final round's revision).
+        assert (row["critic_prompt"], row["critic_response"]) == (last["critique_request"], last["critique"])
         assert (row["revision_prompt"], row["revision_response"]) == (
-            first["revision_request"],
+            last["revision_request"],
             last["revision"],
         )
         user = {"role": "user", "content": prompt}
@@ -232,7 +231,7 @@ def test_export_parquet(cli, revised_db, tmp_path, schema):
     result = cli("export", revised_db, "--dataset", "sft", "--out", out, "--schema", schema)
     assert result.code == 0, result.stderr
     table = pq.read_table(out)
-    assert table.num_rows == 2
+    assert table.num_rows == 4  # every round's revision (2 prompts x 2 rounds), the default
     assert table.column_names == (HF_CAI_COLUMNS if schema == "hf-cai" else ["messages"])
     messages = table.column("messages").to_pylist()
     assert all([m["role"] for m in conversation] == ["user", "assistant"] for conversation in messages)
@@ -250,7 +249,7 @@ def test_export_filters_by_run_and_refuses_unknown_datasets(cli, server, revised
     only = tmp_path / "second.jsonl"
     assert cli("export", db, "--dataset", "sft", "--out", everything).code == 0
     assert cli("export", db, "--dataset", "sft", "--out", only, "--run", "second").code == 0
-    assert len(everything.read_text().splitlines()) == 3
+    assert len(everything.read_text().splitlines()) == 2 * 2 + 1  # every round of both runs
     assert len(only.read_text().splitlines()) == 1
     unknown = cli("export", db, "--dataset", "nonsense", "--out", tmp_path / "x.jsonl")
     assert unknown.code == 2 and "--dataset 'nonsense'" in unknown.stderr

@@ -8,8 +8,8 @@ from typing import Any
 
 from charter_testkit import (
     CHAT_MODEL,
-    COMPLETION_MODEL,
     columns,
+    completion_args,
     last_user_text,
     query,
     query_dicts,
@@ -18,7 +18,7 @@ from charter_testkit import (
 )
 
 from charter.constitution import load_constitution
-from charter.testing.fake_openai import FakeOpenAIServer, FakeRequest, default_responder
+from charter.testing.fake_openai import FakeRequest, default_responder
 
 SL = load_constitution("anthropic-sl")
 HUMAN_STOP = "\n\nHuman:"
@@ -127,23 +127,6 @@ def test_chat_few_shot_chats_come_from_the_constitution(cli, server, prompts_fil
 
 
 # --------------------------------------------------------------------------- completion mode
-def completion_args(prompts: Path, db: Path, server: FakeOpenAIServer, *extra: Any) -> list[Any]:
-    """`revise PROMPTS --db DB --model <completion model> --api-base URL --mode completion` plus `extra`."""
-    return [
-        "revise",
-        prompts,
-        "--db",
-        db,
-        "--model",
-        COMPLETION_MODEL,
-        "--api-base",
-        server.base_url,
-        "--mode",
-        "completion",
-        *extra,
-    ]
-
-
 def paper_few_shot() -> str:
     """The paper's five transcripts, each without its trailing stop text, as one prefix."""
     return "".join(t.removesuffix(HUMAN_STOP) for t in SL.few_shot.completion)
@@ -160,14 +143,18 @@ def test_completion_mode_sends_the_papers_format(cli, server, tmp_path):
     assert prefix.startswith("\n\nHuman: Could you help me burn down my house")
     (r1, r2) = rounds_by_prompt(db)["How do I pick a lock?"]
     init = r1["initial_response"]
-    transcript = f"{prefix}\n\nHuman: How do I pick a lock?\n\nAssistant:"
+    # The first answer is the plain answer (issue 9: the few-shot transcripts in front of it invited a
+    # base model to write its own critique into it); the critique rounds continue the few-shot transcript.
+    answer = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
+    transcript = f"{prefix}{answer}"
     round1 = f"{transcript} {init}\n\nCritiqueRequest: {r1['critique_request']}\n\nCritique:"
     revision1 = f"{round1} {r1['critique']}\n\nRevisionRequest: {r1['revision_request']}\n\nRevision:"
     round2 = f"{revision1} {r1['revision']}\n\nCritiqueRequest: {r2['critique_request']}\n\nCritique:"
     revision2 = f"{round2} {r2['critique']}\n\nRevisionRequest: {r2['revision_request']}\n\nRevision:"
-    assert [b["prompt"] for b in bodies] == [transcript, round1, revision1, round2, revision2]
-    # The answer stops where the next human turn would start; critiques also stop at the next request.
-    assert bodies[0]["stop"] == [HUMAN_STOP]
+    assert [b["prompt"] for b in bodies] == [answer, round1, revision1, round2, revision2]
+    # The answer stops where the next human turn or a critique would start; critiques also stop at the
+    # next request.
+    assert bodies[0]["stop"] == [HUMAN_STOP, "\n\nCritiqueRequest:"]
     assert HUMAN_STOP in bodies[1]["stop"] and "\n\nRevisionRequest:" in bodies[1]["stop"]
     assert HUMAN_STOP in bodies[2]["stop"]
 

@@ -42,11 +42,66 @@ def _sft_hf_cai(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The round whose revision is a prompt's final response: the last one that asked for a revision
+# (later "no change" rounds carry it over), else the last round.
+_FINAL_ROUND = """
+    SELECT * FROM revisions
+    QUALIFY row_number() OVER (
+        PARTITION BY run_id, prompt_id
+        ORDER BY (needs_revision OR revision_call_id IS NOT NULL) DESC, round DESC
+    ) = 1
+"""
+# Final revisions, with critique and revision taken from the round that produced the final response
+# (rows stored before that was so held round 1's critique next to the final revision).
+FINAL_ONLY_SQL = f"""
+    SELECT s.run_id, s.prompt_id, s.prompt, s.completion, s.messages, s.init_prompt, s.init_response,
+           coalesce(f.critique_request, s.critic_prompt) AS critic_prompt,
+           coalesce(f.critique, s.critic_response) AS critic_response,
+           coalesce(f.revision_request, s.revision_prompt) AS revision_prompt,
+           coalesce(f.revision, s.revision_response) AS revision_response
+    FROM sft_examples s
+    LEFT JOIN ({_FINAL_ROUND}) f ON f.run_id = s.run_id AND f.prompt_id = s.prompt_id
+"""
+# Every round's revision as its own example (the paper trains on all of them), with the columns of
+# `sft_examples` (critic_* and revision_* from that round) plus round, principle, needs_revision,
+# critique, revision and prompt_messages (the conversation before the answer).
+ALL_ROUNDS_SQL = """
+    SELECT r.run_id, r.prompt_id, r.round, r.principle, r.needs_revision, r.critique, r.revision,
+           p.prompt, p.messages AS prompt_messages, r.revision AS completion,
+           p.prompt AS init_prompt, coalesce(a.response, '') AS init_response,
+           r.critique_request AS critic_prompt, r.critique AS critic_response,
+           r.revision_request AS revision_prompt, r.revision AS revision_response
+    FROM revisions r
+    JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
+    LEFT JOIN responses a ON a.run_id = r.run_id AND a.prompt_id = r.prompt_id
+"""
+# A round that kept the previous text (a "no change" verdict) repeats an example: keep its first round.
+ALL_ROUNDS_DISTINCT = ("run_id", "prompt_id", "revision")
+
+
+def _all_rounds_messages(row: dict[str, Any]) -> dict[str, Any]:
+    messages = [*_json(row["prompt_messages"]), {"role": "assistant", "content": row["revision"]}]
+    return {**row, "messages": messages}
+
+
+def _sft_trl_all_rounds(row: dict[str, Any]) -> dict[str, Any]:
+    return _sft_trl(_all_rounds_messages(row))
+
+
+def _sft_hf_cai_all_rounds(row: dict[str, Any]) -> dict[str, Any]:
+    return _sft_hf_cai(_all_rounds_messages(row))
+
+
 EXPORTERS: dict[str, dict[str, _Exporter]] = {
     "sft": {
-        "trl": ("SELECT * FROM sft_examples", _sft_trl),
-        "hf-cai": ("SELECT * FROM sft_examples", _sft_hf_cai),
+        "trl": (FINAL_ONLY_SQL, _sft_trl),
+        "hf-cai": (FINAL_ONLY_SQL, _sft_hf_cai),
     },
+}
+# `--dataset sft` without `--final-only`: every round (the default).
+_ALL_ROUNDS: dict[str, _Exporter] = {
+    "trl": (ALL_ROUNDS_SQL, _sft_trl_all_rounds),
+    "hf-cai": (ALL_ROUNDS_SQL, _sft_hf_cai_all_rounds),
 }
 
 
@@ -64,24 +119,88 @@ def export_rows(
     *,
     run: str | None = None,
     where: str | None = None,
+    final_only: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stream a dataset's rows in the chosen schema. `run` filters by run name, `where` adds SQL."""
+    """Stream a dataset's rows in the chosen schema. `run` filters by run name, `where` adds SQL.
+
+    `sft` is every round's revision (unchanged rounds once each), as the paper trains; with
+    `final_only`, each revised prompt's final revision (the `sft_examples` view). `preferences`
+    keeps one label run's labels: the one `run` names, else the latest (`echo` is told which).
+    A `run` that selects nothing is a ValueError, raised before the first row is produced.
+    """
+    con = open_read_only(db)
+    try:
+        query, params, transform = _plan(con, dataset, schema, run, where, final_only, echo)
+    except BaseException:
+        con.close()
+        raise
+    return _stream(con, query, params, transform)
+
+
+def _plan(
+    con: Any,
+    dataset: str,
+    schema: str,
+    run: str | None,
+    where: str | None,
+    final_only: bool,
+    echo: Callable[[str], None] | None,
+) -> tuple[str, list[Any], Callable[[dict[str, Any]], dict[str, Any]]]:
+    """The dataset's query (filters, label-run rule, ordering) and row transform."""
     _ensure_registered()
     if dataset not in EXPORTERS:
         raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(sorted(EXPORTERS))}")
     if schema not in EXPORTERS[dataset]:
         raise ValueError(f"--schema {schema!r}: expected one of {', '.join(sorted(EXPORTERS[dataset]))}")
-    sql, transform = EXPORTERS[dataset][schema]
-    con = open_read_only(db)
+    if final_only and dataset != "sft":
+        raise ValueError("--final-only applies to --dataset sft only")
+    all_rounds = dataset == "sft" and not final_only
+    sql, transform = _ALL_ROUNDS[schema] if all_rounds else EXPORTERS[dataset][schema]
+    query = f"SELECT * FROM ({sql}) AS d WHERE true"
+    params: list[Any] = []
+    if run is not None:
+        ids = [
+            r[0]
+            for r in con.execute(
+                "SELECT run_id FROM runs WHERE name = ? OR run_id = ?", [run, run]
+            ).fetchall()
+        ]
+        if not ids:
+            raise ValueError(f"--run {run!r}: no run with that name or id")
+        marks = ", ".join("?" for _ in ids)
+        # A preference row belongs to its label run and to the run that sampled the pair.
+        columns = ("run_id", "sample_run_id") if dataset == "preferences" else ("run_id",)
+        query += " AND (" + " OR ".join(f"{c} IN ({marks})" for c in columns) + ")"
+        params += ids * len(columns)
+    if where:
+        query += f" AND ({where})"
+    if dataset == "preferences":
+        from charter.rl_export import choose_label_run
+
+        label_runs = [
+            str(r[0]) for r in con.execute(f"SELECT DISTINCT run_id FROM ({query})", params).fetchall()
+        ]
+        choice = choose_label_run(con, label_runs, run)
+        if echo is not None:
+            echo(choice.note())
+        query += " AND run_id = ?"
+        params.append(choice.run_id)
+    if all_rounds:
+        # After the filters, so `--where "round >= 2"` still keeps a round 2 equal to round 1.
+        key = ", ".join(ALL_ROUNDS_DISTINCT)
+        query = f"SELECT DISTINCT ON ({key}) * FROM ({query}) AS f ORDER BY {key}, round"
+        query = f"SELECT * FROM ({query}) AS u ORDER BY run_id, prompt_id, round"
+    else:
+        query += " ORDER BY ALL"
+    return query, params, transform
+
+
+def _stream(
+    con: Any, query: str, params: list[Any], transform: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
     try:
-        query = f"SELECT * FROM ({sql}) AS d WHERE true"
-        params: list[Any] = []
-        if run is not None:
-            query += " AND run_id IN (SELECT run_id FROM runs WHERE name = ? OR run_id = ?)"
-            params += [run, run]
-        if where:
-            query += f" AND ({where})"
-        cur = con.execute(query + " ORDER BY ALL", params)
+        cur = con.execute(query, params)
         cols = [d[0] for d in cur.description or []]
         while chunk := cur.fetchmany(1000):
             for row in chunk:
@@ -99,13 +218,19 @@ def export(
     format: Format | None = None,
     run: str | None = None,
     where: str | None = None,
+    final_only: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> int:
-    """Write a dataset to `out` (format from `format` or the file suffix). Returns the row count."""
+    """Write a dataset to `out` (format from `format` or the file suffix). Returns the row count.
+
+    `final_only` (sft only): each prompt's final revision rather than every round's. `echo` is told
+    which label run a preference export uses. Bad input raises ValueError before `out` is touched.
+    """
     out = Path(out)
     fmt = format or ("parquet" if out.suffix == ".parquet" else "jsonl")
     if fmt not in ("jsonl", "parquet"):
         raise ValueError(f"--format {fmt!r}: expected jsonl or parquet")
-    rows = export_rows(db, dataset, schema, run=run, where=where)
+    rows = export_rows(db, dataset, schema, run=run, where=where, final_only=final_only, echo=echo)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     count = 0

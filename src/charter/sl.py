@@ -34,7 +34,11 @@ def example_rows(run_id: str, example: RevisedExample) -> dict[str, list[dict[st
     """The rows one finished prompt adds: prompts, responses, revisions and sft_examples."""
     prompt = example.prompt
     conversation = messages_to_dicts(prompt.messages)
-    first = example.rounds[0] if example.rounds else None
+    # critic_* and revision_* come from one round: the one that produced the final response (the last
+    # that asked for a revision; later "no change" rounds carry it over), as charter export reads them.
+    revised = [r for r in example.rounds if r.needs_revision or r.revision_call_id is not None]
+    rounds = revised or example.rounds
+    source = rounds[-1] if rounds else None
     final = example.final_response
     return {
         "prompts": [
@@ -67,10 +71,10 @@ def example_rows(run_id: str, example: RevisedExample) -> dict[str, list[dict[st
                 ),
                 "init_prompt": prompt.prompt,
                 "init_response": example.initial_response,
-                "critic_prompt": first.critique_request if first else None,
-                "critic_response": first.critique if first else None,
-                "revision_prompt": first.revision_request if first else None,
-                "revision_response": final if first else None,
+                "critic_prompt": source.critique_request if source else None,
+                "critic_response": source.critique if source else None,
+                "revision_prompt": source.revision_request if source else None,
+                "revision_response": final if source else None,
             }
         ],
     }
@@ -86,6 +90,8 @@ def revise(
     seed: int = 0,
     mode: Literal["chat", "completion"] = "chat",
     few_shot: bool = True,
+    respond_few_shot: bool = False,
+    always_revise: bool = False,
     limit: int | None = None,
     run_name: str | None = None,
     api_base: str | list[str] | None = None,
@@ -101,6 +107,10 @@ def revise(
     Re-running the same call resumes the same run: finished prompts are skipped and finished calls
     come from the request cache, so nothing is asked twice and no row is duplicated.
 
+    `respond_few_shot` puts the few-shot critique/revision transcripts in front of the first answer
+    in completion mode (by default it is the plain answer to the conversation, as in the paper);
+    `always_revise` asks for a revision every round even when a chat critique's verdict is "no change".
+
     `shard="i/n"` keeps only the prompts whose id hashes to shard i of n (after `limit`); the run
     name does not include the shard, so `charter merge` joins the shards' files into one run.
     """
@@ -111,8 +121,8 @@ def revise(
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     )
-    chain: Chain[RevisedExample] = Respond(constitution_obj) >> CritiqueRevise(
-        constitution_obj, rounds=rounds
+    chain: Chain[RevisedExample] = Respond(constitution_obj, few_shot=respond_few_shot) >> CritiqueRevise(
+        constitution_obj, rounds=rounds, always_revise=always_revise
     )
     config = {
         "model": model,
@@ -129,6 +139,10 @@ def revise(
         "limit": limit,
         "chain": chain.describe(),
     }
+    if mode == "completion":
+        # The first answer's prompt changed (no few-shot, a CritiqueRequest stop): a new run name, so
+        # runs made the old way are not resumed into.
+        config["respond_few_shot"] = respond_few_shot
     name = run_name or default_run_name("revise", config)
     if shard_obj is not None and shard_obj.count > 1:
         config["shard"] = str(shard_obj)

@@ -50,14 +50,15 @@ def test_train_sft_writes_a_model_and_records_the_run(db: Path, tiny_model: Path
     out = tmp_path / "sl-cai"
     result = _train("sft", db, tiny_model, out, "--max-steps", 2, "--batch-size", 4, "--seed", 3)
     assert result.code == 0, result.stderr
-    assert "trained sft on 8 rows" in result.stderr and "training run" in result.stderr
+    # Every round's revision by default (8 prompts x 2 rounds), as the paper trains.
+    assert "trained sft on 16 rows" in result.stderr and "training run" in result.stderr
     _loads_causal_lm(out)
 
     [run] = _runs(db)
-    assert run["kind"] == "sft" and run["status"] == "done" and run["train_rows"] == 8
+    assert run["kind"] == "sft" and run["status"] == "done" and run["train_rows"] == 16
     assert run["base_model"] == str(tiny_model.resolve()) and run["out_dir"] == str(out.resolve())
     assert run["started_at"] <= run["finished_at"]
-    assert run["config"]["source"] == "sft_examples" and run["config"]["options"]["max_steps"] == 2
+    assert run["config"]["source"] == "revisions" and run["config"]["options"]["max_steps"] == 2
     assert run["config"]["options"]["seed"] == 3 and run["config"]["trl_config"]["seed"] == 3
     assert run["metrics"]["steps"] == 2 and run["metrics"]["final_loss"] > 0
     assert "trl_config" not in run["metrics"]
@@ -67,8 +68,14 @@ def test_train_sft_writes_a_model_and_records_the_run(db: Path, tiny_model: Path
 
 
 def test_train_sft_run_where_all_rounds_and_mix(db: Path, tiny_model: Path, tmp_path: Path) -> None:
-    # --run keeps one revise run (4 prompts); --all-rounds trains on both rounds' revisions.
-    assert _train("sft", db, tiny_model, tmp_path / "a", "--run", "revise-a", "--max-steps", 1).code == 0
+    # --run keeps one revise run (4 prompts); --final-only its final revisions, --all-rounds (the
+    # default, still accepted) both rounds' revisions.
+    assert (
+        _train(
+            "sft", db, tiny_model, tmp_path / "a", "--run", "revise-a", "--final-only", "--max-steps", 1
+        ).code
+        == 0
+    )
     assert (
         _train(
             "sft", db, tiny_model, tmp_path / "b", "--run", "revise-a", "--all-rounds", "--max-steps", 1
@@ -93,10 +100,12 @@ def test_train_sft_run_where_all_rounds_and_mix(db: Path, tiny_model: Path, tmp_
     )
 
     a, b, c, d = _runs(db)
-    assert a["train_rows"] == 4 and a["config"]["run"] == "revise-a"
+    assert (
+        a["train_rows"] == 4 and a["config"]["run"] == "revise-a" and a["config"]["source"] == "sft_examples"
+    )
     assert b["train_rows"] == 8 and b["config"]["source"] == "revisions" and b["config"]["all_rounds"]
-    assert c["train_rows"] == 2 and c["config"]["where"] == where
-    assert d["train_rows"] == 4 and d["metrics"]["mix_rows"] == 1 and d["config"]["mix"] == str(mix)
+    assert c["train_rows"] == 4 and c["config"]["where"] == where  # 2 prompts x 2 rounds
+    assert d["train_rows"] == 8 and d["metrics"]["mix_rows"] == 1 and d["config"]["mix"] == str(mix)
 
 
 def test_train_reward_soft_and_hard_labels(db: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -249,7 +258,9 @@ def test_param_sets_charter_options_and_trl_fields(db: Path, tiny_model: Path, t
 @pytest.mark.parametrize(
     ("kind", "args", "message"),
     [
-        ("sft", ["--where", "false"], "no rows in sft_examples matching --where 'false'"),
+        ("sft", ["--where", "false"], "no rows in revisions matching --where 'false'"),
+        ("sft", ["--final-only", "--where", "false"], "no rows in sft_examples matching --where 'false'"),
+        ("sft", ["--final-only", "--all-rounds"], "give --final-only or --all-rounds, not both"),
         ("sft", ["--run", "nope"], "--run 'nope': no run with that name or id"),
         ("sft", ["--where", "no_such_column = 1"], "--where 'no_such_column = 1'"),
         ("sft", ["--param", "no_such_field=1"], "unknown SFTConfig field 'no_such_field'"),
@@ -330,7 +341,7 @@ def test_python_api(db: Path, tiny_model: Path, tmp_path: Path) -> None:
     result = run_training(
         "sft", db=db, model=tiny_model, out=tmp_path / "sl", run="revise-b", max_steps=1, batch_size=2
     )
-    assert result["status"] == "done" and result["train_rows"] == 4
+    assert result["status"] == "done" and result["train_rows"] == 8  # 4 prompts x 2 rounds
     [run] = _runs(db)
     assert run["run_id"] == result["training_run_id"]
     with pytest.raises(ValueError, match="unknown option 'max_stepz'"):

@@ -89,11 +89,17 @@ def register(app: typer.Typer) -> None:
         schema: str = typer.Option("trl", "--schema", help="trl | hf-cai"),
         run: str | None = typer.Option(None, "--run", help="Only rows of this run (name or id)."),
         where: str | None = typer.Option(None, "--where", help="Extra SQL filter on the dataset's columns."),
+        final_only: bool = typer.Option(
+            False, "--final-only", help="sft: each prompt's final revision only (default: every round's)."
+        ),
     ) -> None:
         """Write a training dataset (TRL or hf-cai columns) from the database."""
         from charter.export import export
 
         if fmt not in (None, "jsonl", "parquet"):
             raise common.UsageError(f"--format {fmt!r}: expected jsonl or parquet")
-        count = export(db, dataset, out, schema=schema, format=fmt, run=run, where=where)  # type: ignore[arg-type]
+        count = export(
+            db, dataset, out, schema=schema, format=fmt, run=run, where=where,  # type: ignore[arg-type]
+            final_only=final_only, echo=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
         typer.echo(f"wrote {count} {dataset} rows to {out}", err=True)

@@ -47,6 +47,17 @@ def register(app: typer.Typer) -> None:
         few_shot: bool = typer.Option(
             True, "--few-shot/--no-few-shot", help="Prepend the constitution's few-shot examples."
         ),
+        respond_few_shot: bool = typer.Option(
+            False,
+            "--respond-few-shot",
+            help="Completion mode: put the few-shot critique transcripts in front of the first answer too "
+            "(default: the plain answer, as in the paper).",
+        ),
+        always_revise: bool = typer.Option(
+            False,
+            "--always-revise",
+            help="Revise every round, even when a chat critique ends 'Verdict: no change' (as the paper does).",
+        ),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
         run_name: str | None = common.RunNameOpt,
         api_base: list[str] | None = common.ApiBasesOpt,
@@ -73,6 +84,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             mode=chosen_mode,
             few_shot=few_shot,
+            respond_few_shot=respond_few_shot,
+            always_revise=always_revise,
             limit=limit,
             run_name=run_name,
             api_base=common.api_bases(api_base),

@@ -7,7 +7,7 @@ It is an async callable over a state object; `>>` composes steps into a `Chain`,
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, TypeVar
 
 from charter.backends.base import CompletionRequest
@@ -60,8 +60,36 @@ class StepContext:
         )
 
     async def complete(self, step: str, rendered: RenderedPrompt, **kwargs: Any) -> CallResult:
-        """Render-to-answer in one go: build the request and call through the runner."""
-        return await self.runner.call(step, self.request(rendered, **kwargs))
+        """Render-to-answer in one go: build the request, call through the runner, and strip a
+        returned stop string from the end of each choice (see `strip_stop`)."""
+        request = self.request(rendered, **kwargs)
+        result = await self.runner.call(step, request)
+        stops = _stop_list(request.params.get("stop"))
+        texts = [strip_stop(text, stops) for text in result.completion.texts]
+        if texts == result.completion.texts:
+            return result
+        return replace(result, completion=result.completion.model_copy(update={"texts": texts}))
+
+
+def _stop_list(stop: Any) -> list[str]:
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list | tuple):
+        return [s for s in stop if isinstance(s, str) and s]
+    return []
+
+
+def strip_stop(text: str, stops: list[str]) -> str:
+    """`text` without a stop string at its end (the longest that matches).
+
+    Some servers (transformers serve among them) include the matched stop string in the text they
+    return; others cut before it. Stripping here, where the request's stop list is known, gives every
+    step the same text whatever the server does. The `calls` row keeps the server's raw text.
+    """
+    for stop in sorted(stops, key=len, reverse=True):
+        if text.endswith(stop):
+            return text[: -len(stop)]
+    return text
 
 
 class Step(Generic[S]):

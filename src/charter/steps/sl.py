@@ -47,30 +47,50 @@ def chat_few_shot(constitution: Constitution | None, enabled: bool) -> list[list
 
 
 def respond_prompt(
-    ctx: StepContext, prompt: PromptRecord, system: str | None, constitution: Constitution | None
+    ctx: StepContext,
+    prompt: PromptRecord,
+    system: str | None,
+    constitution: Constitution | None,
+    *,
+    few_shot: bool = False,
 ) -> RenderedPrompt:
-    """The policy's question for `prompt`: `respond-chat` (with `system`) or `respond-completion`
-    (after the constitution's few-shot transcripts, none without one)."""
+    """The policy's question for `prompt`: `respond-chat` (with `system`) or `respond-completion`.
+
+    The first answer is the assistant's plain answer to the conversation, as in the paper. Only with
+    `few_shot` (and `ctx.few_shot`) does `respond-completion` put the constitution's critique/revision
+    transcripts in front, which invites a base model to continue with a critique of its own.
+    """
     conversation = messages_to_dicts(prompt.messages)
     if ctx.mode == "chat":
         return ctx.prompt("respond-chat").render(conversation=conversation, system=system)
     return ctx.prompt("respond-completion").render(
-        conversation=conversation, few_shot=completion_few_shot(constitution, ctx.few_shot)
+        conversation=conversation, few_shot=completion_few_shot(constitution, few_shot and ctx.few_shot)
     )
 
 
 class Respond(Step[RevisedExample]):
-    """The model's initial answer to the prompt (`respond-chat` / `respond-completion`)."""
+    """The model's initial answer to the prompt (`respond-chat` / `respond-completion`).
+
+    `few_shot=True` puts the constitution's few-shot critique/revision transcripts in front of the
+    completion-mode prompt (charter's behaviour before 0.2; `charter revise --respond-few-shot`).
+    """
 
     name = "respond"
 
-    def __init__(self, constitution: Constitution | str | None = None, system: str | None = None) -> None:
+    def __init__(
+        self,
+        constitution: Constitution | str | None = None,
+        system: str | None = None,
+        *,
+        few_shot: bool = False,
+    ) -> None:
         # The completion format's few-shot transcripts come from the SL constitution.
         self.constitution = load_constitution(constitution) if isinstance(constitution, str) else constitution
         self.system = system
+        self.few_shot = few_shot
 
     async def run(self, state: RevisedExample, ctx: StepContext) -> RevisedExample:
-        rendered = respond_prompt(ctx, state.prompt, self.system, self.constitution)
+        rendered = respond_prompt(ctx, state.prompt, self.system, self.constitution, few_shot=self.few_shot)
         result = await ctx.complete(self.name, rendered, **_generation(ctx, rendered))
         state.initial_response = result.completion.text.strip()
         state.response_call_id = result.call_id
@@ -81,26 +101,36 @@ class Respond(Step[RevisedExample]):
         return [f"respond-{mode}"]
 
     def describe(self) -> dict[str, Any]:
-        return {"step": self.name, "system": self.system}
+        # Keys only when set, so the default run names of earlier chat runs (whose requests are
+        # unchanged) stay the same and those runs still resume.
+        return {"step": self.name, "system": self.system, **({"few_shot": True} if self.few_shot else {})}
 
 
 class CritiqueRevise(Step[RevisedExample]):
     """`rounds` rounds of critique -> revision, one principle drawn per round (seeded, with replacement).
 
     Each round critiques the latest revision, continuing the transcript as the paper does. A
-    critique whose verdict is "no change" is recorded with `needs_revision=False` and the response
-    carried over unchanged, without a revision call.
+    critique whose verdict is "no change" (chat mode asks for one) is recorded with
+    `needs_revision=False` and the response carried over unchanged, without a revision call, unless
+    `always_revise` is set: then every round asks for a revision, as the paper does.
     """
 
     name = "critique_revise"
 
-    def __init__(self, constitution: Constitution | str = "anthropic-sl", rounds: int = 4) -> None:
+    def __init__(
+        self,
+        constitution: Constitution | str = "anthropic-sl",
+        rounds: int = 4,
+        *,
+        always_revise: bool = False,
+    ) -> None:
         self.constitution = load_constitution(constitution) if isinstance(constitution, str) else constitution
         if not self.constitution.critique_principles:
             raise ValueError(f"constitution {self.constitution.name} has no critique/revision principles")
         if rounds < 0:
             raise ValueError("rounds must be >= 0")
         self.rounds = rounds
+        self.always_revise = always_revise
 
     async def run(self, state: RevisedExample, ctx: StepContext) -> RevisedExample:
         rng = ctx.rng(state.prompt.prompt_id, "principles")
@@ -129,7 +159,7 @@ class CritiqueRevise(Step[RevisedExample]):
             assert isinstance(critique, Critique)
             latest = state.final_response
             revision_call_id: str | None = None
-            if critique.needs_revision:
+            if critique.needs_revision or self.always_revise:
                 rendered = revise_prompt.render(
                     **base, critique=critique.text, revision_request=principle.revision
                 )
@@ -161,6 +191,7 @@ class CritiqueRevise(Step[RevisedExample]):
         return {
             "step": self.name,
             "rounds": self.rounds,
+            **({"always_revise": True} if self.always_revise else {}),
             "constitution": self.constitution.name,
             "constitution_hash": self.constitution.content_hash(),
         }

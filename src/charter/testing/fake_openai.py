@@ -201,8 +201,13 @@ def _stops(body: dict[str, Any]) -> list[str]:
 _Tok = tuple[str, float, dict[str, float]]
 
 
-def _generate(reply: FakeReply, stops: list[str], max_tokens: int | None) -> tuple[str, list[_Tok], str]:
-    """Apply stop sequences and ``max_tokens`` to a reply: (text, tokens, finish_reason)."""
+def _generate(
+    reply: FakeReply, stops: list[str], max_tokens: int | None, include_stop: bool = False
+) -> tuple[str, list[_Tok], str]:
+    """Apply stop sequences and ``max_tokens`` to a reply: (text, tokens, finish_reason).
+
+    With ``include_stop`` the matched stop string stays at the end of the text, as transformers serve
+    returns it (OpenAI, vLLM and llama.cpp cut before it)."""
     if reply.tokens is not None:
         source = reply.tokens
     else:
@@ -212,7 +217,7 @@ def _generate(reply: FakeReply, stops: list[str], max_tokens: int | None) -> tup
     for stop in stops:
         at = text.find(stop)
         if 0 <= at < cut:
-            cut = at
+            cut = at + len(stop) if include_stop else at
     if max_tokens is not None and 0 <= max_tokens < len(source):
         boundary = sum(len(t.text) for t in source[:max_tokens])
         if boundary < cut:
@@ -269,8 +274,9 @@ class FakeOpenAIServer:
     """An OpenAI-compatible HTTP server on its own event loop in a daemon thread.
 
     ``responder`` produces each choice (default: :func:`default_responder`); ``latency_s`` is slept
-    (asynchronously) before every answer; with ``logprobs=False`` no log-probabilities are ever returned.
-    Every completion request is counted and its JSON body recorded, faulted ones included.
+    (asynchronously) before every answer; with ``logprobs=False`` no log-probabilities are ever returned;
+    with ``include_stop=True`` a matched stop string is returned at the end of the text (transformers
+    serve does this). Every completion request is counted and its JSON body recorded, faulted ones included.
     """
 
     def __init__(
@@ -279,11 +285,13 @@ class FakeOpenAIServer:
         latency_s: float = 0.0,
         logprobs: bool = True,
         host: str = "127.0.0.1",
+        include_stop: bool = False,
         port: int = 0,
     ) -> None:
         self.responder: Responder = responder if responder is not None else default_responder
         self.latency_s = latency_s
         self.logprobs = logprobs
+        self.include_stop = include_stop
         self.host = host
         self._requested_port = port
         self._port: int | None = None
@@ -561,7 +569,7 @@ class FakeOpenAIServer:
         choices = []
         completion_tokens = 0
         for i, reply in self._replies("chat", body, n, messages=messages, prompt=None):
-            text, toks, finish = _generate(reply, stops, max_tokens)
+            text, toks, finish = _generate(reply, stops, max_tokens, self.include_stop)
             completion_tokens += _count_words(text)
             choices.append(
                 {
@@ -608,7 +616,7 @@ class FakeOpenAIServer:
         completion_tokens = 0
         for p, prompt in enumerate(prompts):
             for i, reply in self._replies("completion", body, n, messages=None, prompt=prompt):
-                text, toks, finish = _generate(reply, stops, max_tokens)
+                text, toks, finish = _generate(reply, stops, max_tokens, self.include_stop)
                 completion_tokens += _count_words(text)
                 choices.append(
                     {

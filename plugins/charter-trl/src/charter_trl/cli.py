@@ -99,8 +99,13 @@ def sft_cmd(
     out: Path = OutOpt,
     run: str | None = RunOpt,
     where: str | None = WhereOpt,
-    all_rounds: bool = typer.Option(
-        False, "--all-rounds", help="Train on every round's revision (as the paper does), not only the last."
+    final_only: bool = typer.Option(
+        False, "--final-only", help="Train on each prompt's final revision only (default: every round's)."
+    ),
+    all_rounds: bool | None = typer.Option(
+        None,
+        "--all-rounds",
+        help="Every round's revision, as the paper does (the default; kept for scripts).",
     ),
     mix: Path | None = typer.Option(
         None, "--mix", help="Your own chat data to mix in: .jsonl with a 'messages' list per line."
@@ -111,7 +116,7 @@ def sft_cmd(
     seed: int = SeedOpt,
     param: list[str] | None = TrainParamOpt,
 ) -> None:
-    """SL-CAI: supervised fine-tuning on the revisions (sft_examples)."""
+    """SL-CAI: supervised fine-tuning on the revisions of every round (--final-only: sft_examples)."""
     _train("sft", **locals())
 
 

@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from charter.rl_export import LabelRunChoice
+
+from charter.export import ALL_ROUNDS_SQL
 
 __all__ = [
     "NoRowsError",
@@ -27,7 +32,9 @@ __all__ = [
     "TrainingRecord",
     "read_mix_file",
     "read_preference_rows",
+    "read_preferences",
     "read_prompt_rows",
+    "read_sft",
     "read_sft_rows",
 ]
 
@@ -35,12 +42,9 @@ T = TypeVar("T")
 
 # What each reader selects from; `--where` conditions apply to these columns.
 SFT_SOURCE = "SELECT * FROM sft_examples"
-# Every critique -> revision round's revision, as its own example (the paper trains on all of them).
-ALL_ROUNDS_SOURCE = """
-    SELECT r.run_id, r.prompt_id, r.round, r.principle, r.critique, r.revision, r.needs_revision,
-           p.prompt, p.messages AS prompt_messages
-    FROM revisions r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
-"""
+# Every critique -> revision round's revision, as its own example (the paper trains on all of them):
+# the same source `charter export --dataset sft` reads.
+ALL_ROUNDS_SOURCE = ALL_ROUNDS_SQL
 PREFERENCE_SOURCE = "SELECT * FROM preference_pairs"
 PROMPT_SOURCE = "SELECT * FROM prompts"
 
@@ -128,17 +132,26 @@ def _messages(value: Any) -> list[dict[str, str]]:
 
 
 def read_sft_rows(
-    db: str | Path, selection: Selection | None = None, *, all_rounds: bool = False
+    db: str | Path, selection: Selection | None = None, *, all_rounds: bool = True
 ) -> list[dict[str, Any]]:
-    """SFT rows `{"messages", "run_id", "prompt_id"}` from `sft_examples` (each prompt's final revision).
+    """SFT rows `{"messages", "run_id", "prompt_id"}`: every round's revision, or (`all_rounds=False`)
+    each prompt's final revision from `sft_examples`. See `read_sft`."""
+    return read_sft(db, selection, all_rounds=all_rounds)[0]
 
-    With `all_rounds`, every critique -> revision round's revision becomes an example (as Bai et
-    al. do), from `revisions` joined with `prompts`; `where` then sees the columns `run_id,
-    prompt_id, round, principle, critique, revision, needs_revision, prompt, prompt_messages`. A
-    round that kept the previous text (`needs_revision = false`) repeats it, so exact duplicates of
-    the same prompt and text are dropped.
+
+def read_sft(
+    db: str | Path, selection: Selection | None = None, *, all_rounds: bool = True
+) -> tuple[list[dict[str, Any]], int]:
+    """SFT rows and how many rounds were dropped as duplicates.
+
+    By default every critique -> revision round's revision becomes an example (as Bai et al. do),
+    from `revisions` joined with `prompts`; `where` then sees the columns of `sft_examples` plus
+    `round, principle, critique, revision, needs_revision, prompt_messages`. A round that kept the
+    previous text (`needs_revision = false`) repeats it, so exact duplicates of the same prompt and
+    text are dropped (and counted). With `all_rounds=False`, `sft_examples` (final revisions) only.
     """
     selection = selection or Selection()
+    dropped = 0
     if not all_rounds:
         rows = _select(db, SFT_SOURCE, "sft_examples", selection, order_by="run_id, prompt_id")
         out = [
@@ -153,6 +166,7 @@ def read_sft_rows(
         for r in rows:
             key = (r["run_id"], r["prompt_id"], r["revision"])
             if key in seen:
+                dropped += 1
                 continue
             seen.add(key)
             messages = [*_messages(r["prompt_messages"]), {"role": "assistant", "content": r["revision"]}]
@@ -167,15 +181,29 @@ def read_sft_rows(
         source = "revisions"
     if not out:
         raise NoRowsError(f"no rows in {source}{selection.describe()} in {db}; run `charter revise` first")
-    return out
+    return out, dropped
 
 
 def read_preference_rows(db: str | Path, selection: Selection | None = None) -> list[dict[str, Any]]:
     """Pairs `{"prompt": messages, "chosen", "rejected": [assistant turn], "chosen_prob", ...}`.
 
     From the `preference_pairs` view (one row per labeled comparison). `run` matches the label run
-    or the run that sampled the pair.
+    or the run that sampled the pair; of the label runs left, only one counts (`read_preferences`).
     """
+    return read_preferences(db, selection)[0]
+
+
+def read_preferences(
+    db: str | Path, selection: Selection | None = None
+) -> tuple[list[dict[str, Any]], LabelRunChoice]:
+    """`read_preference_rows` and the label run they come from.
+
+    A pair labeled by several label runs would otherwise count once per run: the rows of one label
+    run are kept, the one `run` names or else the latest (`charter.rl_export.choose_label_run`, the
+    rule `charter export --dataset preferences` follows too).
+    """
+    from charter.rl_export import choose_label_run
+
     selection = selection or Selection()
     rows = _select(
         db,
@@ -190,6 +218,11 @@ def read_preference_rows(db: str | Path, selection: Selection | None = None) -> 
             f"no rows in preference_pairs{selection.describe()} in {db}; "
             "run `charter sample` and `charter label` first"
         )
+    con = _connect(db)
+    try:
+        choice = choose_label_run(con, sorted({str(r["run_id"]) for r in rows}), selection.run)
+    finally:
+        con.close()
     return [
         {
             "prompt": _messages(r["messages"]),
@@ -200,7 +233,8 @@ def read_preference_rows(db: str | Path, selection: Selection | None = None) -> 
             "pair_id": r["pair_id"],
         }
         for r in rows
-    ]
+        if str(r["run_id"]) == choice.run_id
+    ], choice
 
 
 def read_prompt_rows(db: str | Path, selection: Selection | None = None) -> list[dict[str, Any]]:

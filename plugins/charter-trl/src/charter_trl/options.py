@@ -81,19 +81,42 @@ class PPOOptions(TrainOptions):
     (updates x rollout batch) or else `num_train_epochs` passes over the training prompts.
     `eval_count` prompts are held out (when there are enough) to compare the reward model's score of
     the policy's responses before and after training; `eval_temperature=0` means greedy decoding.
+
+    The defaults follow the paper's RL-CAI setup (`PAPER_PPO`): rollouts sampled at temperature 1.0,
+    responses up to 256 tokens, and a penalty of 1.0 on the score of a response that never ends (no
+    EOS within `response_length`). Training with other values warns once (see `paper_deviations`).
     """
 
     kl_coef: float = 0.05
-    response_length: int = 64
+    response_length: int = 256
     total_episodes: int | None = None
     num_ppo_epochs: int = 4
     num_mini_batches: int = 1
-    temperature: float = 0.7
-    missing_eos_penalty: float | None = None
+    temperature: float = 1.0
+    missing_eos_penalty: float | None = 1.0
     max_prompt_length: int | None = 512
     eval_count: int = 8
     eval_temperature: float = 0.0
     eval_batch_size: int = 8
+
+
+# The paper's PPO settings charter checks against: (value, how a setting may differ and still match).
+PAPER_PPO: dict[str, tuple[float, str]] = {
+    "temperature": (1.0, "=="),  # rollouts sampled from the policy as it is
+    "response_length": (256, ">="),  # long enough for real answers
+    "missing_eos_penalty": (1.0, "=="),  # a response that never ends is penalised
+}
+
+
+def paper_deviations(options: PPOOptions) -> dict[str, dict[str, Any]]:
+    """The PPO settings in `options` that differ from the paper's: `{name: {"value", "paper"}}`."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (paper, rule) in PAPER_PPO.items():
+        value = getattr(options, name)
+        matches = value is not None and (value >= paper if rule == ">=" else value == paper)
+        if not matches:
+            out[name] = {"value": value, "paper": f">= {paper}" if rule == ">=" else paper}
+    return out
 
 
 @dataclass

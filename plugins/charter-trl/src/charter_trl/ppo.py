@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from .common import (
     to_jsonable,
     validate_extra,
 )
-from .options import PPOOptions
+from .options import PPOOptions, paper_deviations
 from .reward import score
 
 with warnings.catch_warnings():
@@ -74,6 +75,38 @@ def _prompt_ids(
     if max_length is not None and len(ids) > max_length:
         ids = ids[-max_length:]  # keep the end: the latest turn and the generation prompt
     return ids
+
+
+# The pad token TRL's own PPO example adds (examples/scripts/ppo/ppo.py).
+PAD_TOKEN = "[PAD]"
+
+
+def add_pad_token(tokenizer: PreTrainedTokenizerBase, models: Sequence[PreTrainedModel]) -> bool:
+    """Give `tokenizer` a pad token distinct from EOS (resizing each model's embeddings to match).
+
+    PPOTrainer derives attention masks as `ids != pad_token_id` and ends each response at its first
+    pad. With the usual fallback pad = EOS, every end-of-turn EOS inside a multi-turn prompt is
+    masked out, so the reward and value models would score a different sequence than the reward
+    model was trained on. Returns whether a token was added.
+    """
+    eos = {tokenizer.eos_token_id, *(i for m in models for i in _eos_ids(m, tokenizer))}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eos:
+        return False
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    pad_id = tokenizer.pad_token_id
+    for model in models:
+        fit_embeddings(model, tokenizer)
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = pad_id
+    return True
+
+
+def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow `model`'s embeddings to cover `tokenizer` (an added pad token) and give it the pad id."""
+    rows = int(cast(Any, model.get_input_embeddings()).weight.shape[0])
+    if rows < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -222,7 +255,13 @@ def train_ppo(
             f"the reward model at {reward_dir!r} uses a different tokenizer than the policy; PPO scores "
             "token ids directly, so train the reward model from the same base model"
         )
+    deviations = paper_deviations(options)
+    if deviations and PartialState().is_main_process:
+        said = ", ".join(f"{k} {v['value']} (paper: {v['paper']})" for k, v in deviations.items())
+        print(f"charter: warning: PPO settings differ from the paper's: {said}", file=sys.stderr, flush=True)
     policy = load_model(policy_model, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
+    # Before the reference copy, so policy and reference share the new pad row.
+    added_pad = add_pad_token(tokenizer, [policy])
     original_generation_config = copy.deepcopy(policy.generation_config)
     samples_before, mean_before = _samples(
         policy.to(PartialState().device), tokenizer, held_out, reward_dir, options
@@ -233,7 +272,7 @@ def train_ppo(
     reward_model = load_reward_model(reward_dir, dtype=options.dtype).eval().requires_grad_(False)
     value_model = load_reward_model(reward_dir, dtype=options.dtype)
     for model in (reward_model, value_model):
-        model.config.pad_token_id = tokenizer.pad_token_id
+        fit_embeddings(model, tokenizer)
 
     world = PartialState().num_processes
     local_batch = options.batch_size * options.gradient_accumulation_steps
@@ -320,6 +359,9 @@ def train_ppo(
         "final_value_loss": value_loss,
         "final_kl": last_logged(history, "objective/kl"),
         "final_score": last_logged(history, "objective/scores"),
+        "pad_token": tokenizer.pad_token,
+        "pad_token_added": added_pad,
+        "paper_deviations": deviations,
         "final_rlhf_reward": last_logged(history, "objective/rlhf_reward"),
         "score_history": [float(e["objective/scores"]) for e in history if "objective/scores" in e],
         "samples_before": samples_before,

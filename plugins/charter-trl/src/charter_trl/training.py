@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,9 +36,9 @@ from .data import (
     TrainingRecord,
     last_user_text,
     read_mix_file,
-    read_preference_rows,
+    read_preferences,
     read_prompt_rows,
-    read_sft_rows,
+    read_sft,
 )
 from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOptions
 
@@ -243,6 +244,12 @@ def _policy_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _tell(line: str) -> None:
+    """One line on stderr about what the run reads (main process only: once under accelerate)."""
+    if is_main_process():
+        print(line, file=sys.stderr, flush=True)
+
+
 def _remove_if_new_and_empty(out: Path, existed: bool) -> None:
     if existed:
         return
@@ -264,7 +271,8 @@ def run_training(
     run: str | None = None,
     where: str | None = None,
     params: Mapping[str, Any] | None = None,
-    all_rounds: bool = False,
+    all_rounds: bool | None = None,
+    final_only: bool = False,
     mix: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | None = None,
     reward_model: str | os.PathLike[str] | None = None,
     prompts_from_run: str | None = None,
@@ -273,10 +281,11 @@ def run_training(
 ) -> dict[str, Any]:
     """Train `kind` (`sft`, `reward`, `ppo`, `dpo`) on rows of `db`, write `out`, record the run.
 
-    - `sft` reads `sft_examples` (final revisions) or, with `all_rounds=True`, every round's revision;
-      `mix` adds a user's own chat data (a `.jsonl` of `{"messages": [...]}` or rows).
+    - `sft` reads every round's revision (the paper's choice; rounds that kept the previous text
+      count once) or, with `final_only=True`, `sft_examples` (final revisions); `all_rounds=True` is
+      the default spelled out; `mix` adds a user's own chat data (a `.jsonl` of `{"messages": [...]}` or rows).
     - `reward` and `dpo` read `preference_pairs` (`reward` trains on the soft labels `chosen_prob`
-      unless `hard_labels=True`).
+      unless `hard_labels=True`), the labels of one label run: the one `run` names, else the latest.
     - `ppo` reads prompts from the `prompts` table (`prompts_from_run` is another name for `run`)
       and needs `reward_model` (a directory from `reward`); `eval_prompts` (a prompts file or rows)
       replaces the held-out slice used for the reward before/after comparison.
@@ -301,8 +310,11 @@ def run_training(
         raise ValueError("--reward-model applies to charter train ppo only")
     if kind == "ppo" and reward_model is None:
         raise ValueError("charter train ppo needs --reward-model DIR (a model from charter train reward)")
-    if (all_rounds or mix is not None) and kind != "sft":
-        raise ValueError("--all-rounds and --mix apply to charter train sft only")
+    if (all_rounds is not None or final_only or mix is not None) and kind != "sft":
+        raise ValueError("--all-rounds, --final-only and --mix apply to charter train sft only")
+    if final_only and all_rounds:
+        raise ValueError("give --final-only or --all-rounds, not both")
+    all_rounds = not final_only
     if eval_prompts is not None and kind != "ppo":
         raise ValueError("eval prompts apply to charter train ppo only")
 
@@ -317,13 +329,16 @@ def run_training(
     # 1. Read everything the run needs; the read-only connection is closed again before training.
     mix_rows: list[dict[str, Any]] | None = None
     held_out: list[Any] | None = None
+    notes: dict[str, Any] = {}  # what the data selection decided, told on stderr and kept in config
     if kind == "sft":
-        rows: list[dict[str, Any]] = read_sft_rows(db_path, selection, all_rounds=all_rounds)
+        rows, duplicates = read_sft(db_path, selection, all_rounds=all_rounds)
+        notes["duplicate_rounds_dropped"] = duplicates
         if mix is not None:
             mix_rows = read_mix_file(mix) if isinstance(mix, str | os.PathLike) else [dict(r) for r in mix]
         source = "revisions" if all_rounds else "sft_examples"
     elif kind in ("reward", "dpo"):
-        rows = read_preference_rows(db_path, selection)
+        rows, label_run = read_preferences(db_path, selection)
+        notes["label_run"] = label_run.name
         source = "preference_pairs"
     else:
         rows = read_prompt_rows(db_path, selection)
@@ -356,7 +371,17 @@ def run_training(
         "where": where,
         "options": opts.to_dict(),
     }
+    config.update(notes)
+    # What was read, told once the input has passed every check (a bad input prints its error only).
+    if kind in ("reward", "dpo"):
+        _tell(label_run.note())
     if kind == "sft":
+        _tell(
+            f"sft: {len(rows)} examples from every round's revision ({notes['duplicate_rounds_dropped']} "
+            "unchanged rounds dropped as duplicates); --final-only for the final revisions only"
+            if all_rounds
+            else f"sft: {len(rows)} final revisions (sft_examples)"
+        )
         config.update(all_rounds=all_rounds, mix=str(mix) if isinstance(mix, str | os.PathLike) else None)
         config["mix_rows"] = len(mix_rows) if mix_rows is not None else 0
     if kind == "ppo":
