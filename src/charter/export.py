@@ -8,7 +8,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
+
+from charter.inputs import check_output_path, started
 from charter.store.store import open_read_only
+from charter.store.where import where_sql
 
 Schema = Literal["trl", "hf-cai"]
 Format = Literal["jsonl", "parquet"]
@@ -80,8 +84,14 @@ def export_rows(
             query += " AND run_id IN (SELECT run_id FROM runs WHERE name = ? OR run_id = ?)"
             params += [run, run]
         if where:
-            query += f" AND ({where})"
-        cur = con.execute(query + " ORDER BY ALL", params)
+            query += f" AND {where_sql(where)}"
+        try:
+            cur = con.execute(query + " ORDER BY ALL", params)
+        except duckdb.Error as exc:
+            what = f"--where {where!r}" if where else f"cannot export {dataset} from {db}"
+            raise ValueError(
+                f"{what}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            ) from None
         cols = [d[0] for d in cur.description or []]
         while chunk := cur.fetchmany(1000):
             for row in chunk:
@@ -105,7 +115,9 @@ def export(
     fmt = format or ("parquet" if out.suffix == ".parquet" else "jsonl")
     if fmt not in ("jsonl", "parquet"):
         raise ValueError(f"--format {fmt!r}: expected jsonl or parquet")
-    rows = export_rows(db, dataset, schema, run=run, where=where)
+    check_output_path(out, [db])
+    # The query runs (and a bad --where fails) before the output file is opened.
+    rows = started(export_rows(db, dataset, schema, run=run, where=where))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     count = 0
