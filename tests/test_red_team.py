@@ -206,3 +206,77 @@ def test_export_where_still_filters(cli, hostile_db, tmp_path):
     assert some.code == 0 and len(dest.read_text().splitlines()) == 1
     row = json.loads(dest.read_text())
     assert row["messages"][-1]["content"] == query(hostile_db, "SELECT completion FROM sft_examples")[0][0]
+
+
+# --------------------------------------------------------------------------- item 6: secrets
+def _all_text(db: Path) -> str:
+    """Every value of every table, as text: what someone holding the file can read."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        return "\n".join(str(con.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables)
+    finally:
+        con.close()
+
+
+PARAM_SECRETS = [
+    "--param", "Authorization=Bearer sekrit-authorization",
+    "--param", 'extra_body={"api_key": "sekrit-nested", "top_k": 3}',
+    "--param", 'extra_headers={"X-Api-Key": "sekrit-header"}',
+    "--param", "API_KEY=sekrit-upper",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "fast_path"),
+    [("params", "1"), ("params", "0"), ("url", "1"), ("url", "0")],
+    ids=["params-fast-path", "params-litellm", "url-fast-path", "url-litellm"],
+)
+def test_credentials_reach_the_server_but_never_the_database(
+    cli, server, prompts_file, tmp_path, where, fast_path
+):
+    base = server.base_url
+    extra = PARAM_SECRETS
+    if where == "url":
+        # The OpenAI clients always send an Authorization header, which HTTP clients refuse beside
+        # URL credentials: these calls fail, and the run and its failed calls are still recorded.
+        base = base.replace("http://", "http://someone:sekrit-userinfo@") + "?key=sekrit-query"
+        extra = ["--max-retries", "0"]
+    db = tmp_path / "cai.duckdb"
+    args = ["--api-base", base, "--rounds", "1", "--param", f"charter_fast_path={fast_path}", *extra]
+    result = cli("revise", prompts_file, "--db", db, "--model", "openai/test", *args)
+    if where == "params":
+        assert result.code == 0, result.stderr
+        assert server.requests
+        assert all(body.get("api_key") == "sekrit-nested" for body in server.requests)
+    else:
+        assert result.code == 1 and query(db, "SELECT count(*) FROM calls")[0][0] > 0
+    stored = _all_text(db)
+    assert "sekrit" not in stored
+    assert "top_k" in stored or where == "url"  # the rest of extra_body is recorded
+    assert "sekrit" not in result.stderr
+
+
+def test_redaction_of_urls_and_nested_params():
+    from charter.backends.base import CompletionRequest
+    from charter.backends.params import REDACTED, redact, redact_url, split_params
+
+    assert (
+        redact_url("http://u:k@host:8000/v1?key=abc&x=1")
+        == f"http://{REDACTED}@host:8000/v1?key={REDACTED}&x=1"
+    )
+    assert redact_url("https://h/v1?api_key=abc") == f"https://h/v1?api_key={REDACTED}"
+    assert redact_url("http://localhost:8000/v1") == "http://localhost:8000/v1"
+    assert redact({"extra_body": {"auth": {"token": "t"}, "n": [{"Api-Key": "z"}]}}) == {
+        "extra_body": {"auth": REDACTED, "n": [{"Api-Key": REDACTED}]}
+    }
+    request, client = split_params({"Authorization": "x", "X-API-KEY": "y", "max_tokens": 5, "top_k": 2})
+    assert request == {"max_tokens": 5, "top_k": 2} and set(client) == {"Authorization", "X-API-KEY"}
+
+    def key(secret: str) -> str:
+        params = {"extra_body": {"api_key": secret}}
+        return CompletionRequest(
+            model="m", messages=[{"role": "user", "content": "hi"}], params=params
+        ).cache_key()
+
+    assert key("one") == key("two")  # a credential never decides (or leaks through) the cache key
