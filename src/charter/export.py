@@ -8,7 +8,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
+
+from charter.inputs import check_output_path, started
 from charter.store.store import open_read_only
+from charter.store.where import where_sql
 
 Schema = Literal["trl", "hf-cai"]
 Format = Literal["jsonl", "parquet"]
@@ -132,10 +136,16 @@ def export_rows(
     con = open_read_only(db)
     try:
         query, params, transform = _plan(con, dataset, schema, run, where, final_only, echo)
+        # Executed now, so a bad --where (or a database without the view) fails before any output.
+        cur = con.execute(query, params)
+    except duckdb.Error as exc:
+        con.close()
+        what = f"--where {where!r}" if where else f"cannot export {dataset} from {db}"
+        raise ValueError(f"{what}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
     except BaseException:
         con.close()
         raise
-    return _stream(con, query, params, transform)
+    return _stream(con, cur, transform)
 
 
 def _plan(
@@ -174,7 +184,7 @@ def _plan(
         query += " AND (" + " OR ".join(f"{c} IN ({marks})" for c in columns) + ")"
         params += ids * len(columns)
     if where:
-        query += f" AND ({where})"
+        query += f" AND {where_sql(where)}"
     if dataset == "preferences":
         from charter.rl_export import choose_label_run
 
@@ -197,10 +207,9 @@ def _plan(
 
 
 def _stream(
-    con: Any, query: str, params: list[Any], transform: Callable[[dict[str, Any]], dict[str, Any]]
+    con: Any, cur: Any, transform: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> Iterator[dict[str, Any]]:
     try:
-        cur = con.execute(query, params)
         cols = [d[0] for d in cur.description or []]
         while chunk := cur.fetchmany(1000):
             for row in chunk:
@@ -230,7 +239,9 @@ def export(
     fmt = format or ("parquet" if out.suffix == ".parquet" else "jsonl")
     if fmt not in ("jsonl", "parquet"):
         raise ValueError(f"--format {fmt!r}: expected jsonl or parquet")
-    rows = export_rows(db, dataset, schema, run=run, where=where, final_only=final_only, echo=echo)
+    check_output_path(out, [db])
+    # The query runs (and a bad --where fails) before the output file is opened.
+    rows = started(export_rows(db, dataset, schema, run=run, where=where, final_only=final_only, echo=echo))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     count = 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +26,31 @@ SUFFIXES = (".jsonl", ".txt", ".csv", ".parquet")
 
 class InputError(ValueError):
     """Bad input; the message names the file, the line and the field."""
+
+
+def check_output_path(out: str | Path, inputs: Iterable[str | Path], option: str = "--out") -> None:
+    """Refuse an output that is a directory or one of the inputs (same path, link or inode)."""
+    target = Path(out)
+    if target.is_dir():
+        raise InputError(f"{option} {target}: is a directory; give a file name")
+    if not target.exists():
+        return
+    for item in inputs:
+        source = Path(item)
+        if source.exists() and (source.resolve() == target.resolve() or source.samefile(target)):
+            raise InputError(f"{option} {target}: is the input {source}; writing it would destroy it")
+
+
+T = TypeVar("T")
+
+
+def started(items: Iterator[T]) -> Iterator[T]:
+    """Run a generator up to its first item now, so its errors come before the caller writes anything."""
+    try:
+        first = next(items)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], items)
 
 
 @dataclass

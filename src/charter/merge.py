@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charter.store.store import Store, StoreError
+from charter.store.store import Store, StoreError, check_db_path
 
 # How to combine the status of two runs with the same name: the least finished one wins.
 _STATUS_RANK = {"done": 0, "running": 1, "interrupted": 2, "failed": 3}
@@ -178,9 +178,11 @@ def merge_databases(out: str | Path, inputs: list[str | Path]) -> MergeSummary:
         path = Path(item)
         if not path.is_file():
             raise StoreError(f"database {path} does not exist")
-        if out_path.exists() and path.resolve() == out_path.resolve():
+        if out_path.exists() and (path.resolve() == out_path.resolve() or path.samefile(out_path)):
             raise StoreError(f"{path}: an input cannot also be the output")
+        check_db_path(path)
         resolved.append(path)
+    check_db_path(out_path)  # before Store creates or opens it: nothing is written for a bad output
     summary = MergeSummary(out=str(out_path), inputs=[str(p) for p in resolved])
     with Store(out_path) as store:
         con = store.con

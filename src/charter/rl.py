@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.backends.base import Backend
+from charter.backends.params import redact
 from charter.backends.registry import get_backend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
@@ -208,7 +209,7 @@ def sample(
             total, origin = len(records), {"from_run": from_run, "from_run_id": source_run_id}
         config = {
             "model": model,
-            "api_base": api_base,
+            "api_base": redact(api_base),
             "params": _public(params),
             **origin,
             "n": n,
@@ -390,7 +391,7 @@ def label(
         total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
         config = {
             "model": model,
-            "api_base": api_base,
+            "api_base": redact(api_base),
             "params": _public(params or {}),
             "constitution": constitution_obj.name,
             "constitution_hash": constitution_obj.content_hash(),

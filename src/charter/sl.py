@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.backends.base import Backend
+from charter.backends.params import redact
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.merge import Shard
@@ -126,7 +127,7 @@ def revise(
     )
     config = {
         "model": model,
-        "api_base": api_base,
+        "api_base": redact(api_base),
         "params": _public(params or {}),
         "prompts": str(prompts),
         "prompts_hash": scan.content_hash,
@@ -174,7 +175,6 @@ def revise(
 
 
 def _public(params: dict[str, Any]) -> dict[str, Any]:
-    from charter.backends.litellm_backend import CHARTER_PARAMS, SECRET_PARAMS
+    from charter.backends.params import public_params
 
-    # charter's own switches (fast path, router) change how calls are sent, not what the run is.
-    return {k: v for k, v in params.items() if k not in SECRET_PARAMS and k not in CHARTER_PARAMS}
+    return public_params(params)

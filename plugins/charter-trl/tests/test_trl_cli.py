@@ -263,6 +263,8 @@ def test_param_sets_charter_options_and_trl_fields(db: Path, tiny_model: Path, t
         ("sft", ["--final-only", "--all-rounds"], "give --final-only or --all-rounds, not both"),
         ("sft", ["--run", "nope"], "--run 'nope': no run with that name or id"),
         ("sft", ["--where", "no_such_column = 1"], "--where 'no_such_column = 1'"),
+        ("sft", ["--where", "true); COPY (SELECT 1) TO 'leak.csv'; SELECT (1"], "unbalanced ')'"),
+        ("dpo", ["--where", "true) UNION ALL SELECT * FROM preference_pairs WHERE (true"], "unbalanced"),
         ("sft", ["--param", "no_such_field=1"], "unknown SFTConfig field 'no_such_field'"),
         ("sft", ["--mix", "missing.jsonl"], "--mix missing.jsonl: no such file"),
         ("sft", ["--max-steps", "0"], "--max-steps must be at least 1"),

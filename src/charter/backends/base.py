@@ -12,6 +12,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from charter.backends.params import redact
+
 Mode = Literal["chat", "completion"]
 
 
@@ -31,14 +33,14 @@ class CompletionRequest(BaseModel):
     sample_index: int = 0
 
     def cache_key(self) -> str:
-        """Hash of everything that determines the answer (secrets are never part of params)."""
+        """Hash of everything that determines the answer; credentials in params are redacted first."""
         blob = json.dumps(
             {
                 "model": self.model,
                 "mode": self.mode,
                 "messages": self.messages,
                 "prompt": self.prompt,
-                "params": self.params,
+                "params": redact(self.params),
                 "n": self.n,
                 "sample_index": self.sample_index,
             },
@@ -50,7 +52,7 @@ class CompletionRequest(BaseModel):
 
     def to_log(self) -> dict[str, Any]:
         """The JSON stored in `calls.request`: prompt or messages and parameters, no secrets."""
-        out: dict[str, Any] = {"mode": self.mode, "params": self.params}
+        out: dict[str, Any] = {"mode": self.mode, "params": redact(self.params)}
         if self.messages is not None:
             out["messages"] = self.messages
         if self.prompt is not None:

@@ -15,24 +15,10 @@ from typing import Any
 
 from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob
 
-# Parameter names that carry credentials: they go to the client, never into requests we log or hash.
-SECRET_PARAMS = frozenset(
-    {
-        "api_key",
-        "headers",
-        "extra_headers",
-        "authorization",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "azure_ad_token",
-        "vertex_credentials",
-    }
-)
-# charter's own switches (how charter sends, not what it asks): never sent, stored or hashed.
-CHARTER_PARAMS = frozenset({"charter_fast_path", "router", "endpoint_concurrency"})
-# Client options (how to reach the model, not what to ask it): kept out of the cache key.
-CLIENT_PARAMS = frozenset({"api_base", "base_url", "api_version", "timeout", "organization"}) | CHARTER_PARAMS
+# The parameter policy lives in params.py; these names stay importable from here.
+from charter.backends.params import CHARTER_PARAMS, CLIENT_PARAMS, SECRET_PARAMS, split_params
+
+__all__ = ["CHARTER_PARAMS", "CLIENT_PARAMS", "SECRET_PARAMS", "LiteLLMBackend", "split_params"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
@@ -56,13 +42,6 @@ def import_litellm() -> Any:
 
     call_litellm_setup(litellm)
     return litellm
-
-
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split user `--param`s into (request parameters, client options including secrets)."""
-    request = {k: v for k, v in params.items() if k not in SECRET_PARAMS | CLIENT_PARAMS}
-    client = {k: v for k, v in params.items() if k in SECRET_PARAMS | CLIENT_PARAMS}
-    return request, client
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -135,6 +135,10 @@ class OpenAIFastBackend:
         for name in ("headers", "extra_headers"):
             if isinstance(options.get(name), dict):
                 headers.update({str(k): str(v) for k, v in options[name].items()})
+        # `--param Authorization=...` (any case) is a header, as it is for LiteLLM's clients.
+        for key, value in options.items():
+            if key.lower() == "authorization":
+                headers["Authorization"] = str(value)
         self._headers = headers
         self._organization = options.get("organization")
         self._timeout = float(options.get("timeout", timeout))

@@ -34,6 +34,7 @@ from charter.backends.litellm_backend import (
     classify_error,
     import_litellm,
 )
+from charter.backends.params import redact
 
 ROUTER_PREFIX = "router/"
 # Router defaults for charter: fail over at once, leave backoff to the runner.
@@ -167,7 +168,7 @@ class RouterBackend:
         return {
             "group": self.group,
             "endpoints": [
-                {k: v for k, v in e["litellm_params"].items() if k not in SECRET_PARAMS}
+                redact({k: v for k, v in e["litellm_params"].items() if k not in SECRET_PARAMS})
                 for e in self.deployments
             ],
             "settings": self.settings,

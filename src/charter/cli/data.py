@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,16 @@ import typer
 
 from charter.cli import common
 
-# Statement types a read-only query may use; anything else (including COPY ... TO, which writes
-# files, and ATTACH) is refused before it runs.
+# Statement types a read-only query may use; the rest are refused with a clear message before they
+# run. The guarantee is the engine's (`open_read_only`: a read-only file, no external access, its
+# configuration locked): `EXPLAIN ANALYZE COPY ... TO` is an EXPLAIN and still cannot write.
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 
 
 def run_sql(db: Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run a read-only query against `db`; refuse anything that writes."""
+    import duckdb
+
     from charter.store.store import open_read_only
 
     con = open_read_only(db)
@@ -33,18 +37,70 @@ def run_sql(db: Path, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
                 raise common.UsageError(f"charter sql is read-only: {kind} statements are refused")
         try:
             cur = con.execute(query)
+        except duckdb.PermissionException as exc:
+            raise common.UsageError(f"charter sql is read-only: {_first_line(exc)}") from None
         except Exception as exc:
-            raise common.UsageError(f"SQL: {str(exc).splitlines()[0]}") from None
+            raise common.UsageError(f"SQL: {_first_line(exc)}") from None
         cols = [d[0] for d in cur.description or []]
         return cols, cur.fetchall()
     finally:
         con.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+# Control characters (C0 but newline, DEL, C1) would move the cursor, recolour or retitle the
+# terminal: stored model text is shown with them escaped, never interpreted.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(value: Any, *, one_line: bool = False) -> str:
+    """A cell as plain text: NULL for None, control characters escaped (`\\x1b`), `\\n` if `one_line`."""
+    text = "NULL" if value is None else str(value)
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text.replace("\n", "\\n") if one_line else text
+
+
+def plain_table(cols: list[str], rows: list[tuple[Any, ...]]) -> str:
+    """Every column in full, aligned, one line per row: for pipes and files (no width to fit)."""
+    from rich.cells import cell_len
+
+    cells = [[visible(c, one_line=True) for c in cols]]
+    cells += [[visible(v, one_line=True) for v in row] for row in rows]
+    widths = [max(cell_len(r[i]) for r in cells) for i in range(len(cols))]
+
+    def line(row: list[str]) -> str:
+        return " | ".join(c + " " * (w - cell_len(c)) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def print_table(cols: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """A rich table at a terminal, a plain full-width table otherwise; stored text is never markup."""
+    if not sys.stdout.isatty():
+        if cols:
+            typer.echo(plain_table(cols, rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    # Text objects, not strings: rich would read "[/INST]" or "[red]" in an answer as markup.
+    table = Table(show_lines=False)
+    for col in cols:
+        table.add_column(Text(visible(col)))
+    for row in rows:
+        table.add_row(*(Text(visible(v)) for v in row))
+    Console(width=max(80, min(200, Console().width))).print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -72,13 +128,7 @@ def register(app: typer.Typer) -> None:
                 for record in records:
                     typer.echo(json.dumps(record, ensure_ascii=False))
         else:
-            from rich.console import Console
-            from rich.table import Table
-
-            table = Table(*cols, show_lines=False)
-            for row in rows:
-                table.add_row(*("NULL" if v is None else str(v) for v in row))
-            Console(width=max(80, min(200, Console().width))).print(table)
+            print_table(cols, rows)
 
     @app.command("export")
     def export_cmd(

@@ -45,9 +45,54 @@ class CachedCall:
 _LOCK_PID = re.compile(r"held in (?P<proc>.+?) \(PID (?P<pid>\d+)\)")
 
 
-def _connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+# DuckDB files carry "DUCK" at byte 8 of their header. DuckDB itself opens other files it
+# recognises (parquet, CSV, JSON) as an in-memory database over the data, and reaches for the
+# network to load the sqlite extension for a SQLite file: both must be refused before it sees them.
+_DUCKDB_MAGIC = b"DUCK"
+_DATA_SUFFIXES = frozenset({".parquet", ".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt", ".xlsx"})
+_KNOWN_FORMATS = ((b"SQLite format 3\x00", "a SQLite database"), (b"PAR1", "a parquet file"))
+# Engine settings that make a connection unable to touch anything but its own file: no COPY TO,
+# ATTACH, read_csv('/etc/...'), INSTALL or extension downloads, whatever the statement type
+# (EXPLAIN ANALYZE runs its statement), and no SET to turn them back on.
+LOCKED_CONFIG: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
+
+
+def check_db_path(path: str | Path) -> None:
+    """Raise `StoreError` unless `path` is a DuckDB file or a new path that can become one."""
+    p = Path(path)
+    if p.is_dir():
+        raise StoreError(f"database {p}: is a directory, not a DuckDB file")
+    if not p.exists():
+        if p.suffix.lower() in _DATA_SUFFIXES:
+            raise StoreError(
+                f"database {p}: {p.suffix} names a data file, not a database; use a .duckdb path "
+                "(charter export writes datasets)"
+            )
+        return
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise StoreError(f"database {p}: cannot read: {exc.strerror or exc}") from None
+    if head[8:12] == _DUCKDB_MAGIC:
+        return
+    kind = next((name for magic, name in _KNOWN_FORMATS if head.startswith(magic)), None)
+    if kind is None:
+        kind = "an empty file" if not head else "a file of another format"
+    raise StoreError(f"database {p}: {kind}, not a DuckDB database; give a .duckdb file or a new path")
+
+
+def _connect(
+    path: str | Path, read_only: bool, config: dict[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
+    check_db_path(path)
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=config or {})
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
@@ -61,10 +106,14 @@ def _connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection (for `charter sql` and exports); the file must exist."""
+    """A read-only connection (for `charter sql` and exports); the file must exist.
+
+    The engine is locked too (`LOCKED_CONFIG`): user SQL run on it (`charter sql`, `--where`)
+    cannot write files, attach databases or install extensions.
+    """
     if not Path(path).exists():
         raise StoreError(f"database {path} does not exist")
-    return _connect(path, read_only=True)
+    return _connect(path, read_only=True, config=LOCKED_CONFIG)
 
 
 def completion_to_json(completion: Completion) -> dict[str, Any]:

@@ -107,7 +107,9 @@ def _select(
             query += " AND (" + " OR ".join(f"{c} IN ({marks})" for c in run_columns) + ")"
             params += ids * len(run_columns)
         if selection.where:
-            query += f" AND ({selection.where})"
+            from charter.store.where import where_sql
+
+            query += f" AND {where_sql(selection.where)}"  # one expression, or a ValueError
         if distinct_on is not None:
             query = f"SELECT DISTINCT ON ({distinct_on}) * FROM ({query}) AS s ORDER BY {distinct_on}"
         else:
