@@ -133,23 +133,84 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         db: Path = typer.Argument(..., help="DuckDB file."),
-        dataset: str = typer.Option(..., "--dataset", help="sft | preferences"),
-        out: Path = typer.Option(..., "--out", help="Output file (.jsonl or .parquet)."),
-        fmt: str | None = typer.Option(None, "--format", help="jsonl | parquet (default: from --out)."),
+        dataset: str | None = typer.Option(
+            None, "--dataset", help="sft | preferences (--format hf writes both, split)."
+        ),
+        out: Path = typer.Option(
+            ..., "--out", help="Output file (.jsonl or .parquet), or a directory for --format hf."
+        ),
+        fmt: str | None = typer.Option(
+            None, "--format", help="jsonl | parquet | hf (a datasets DatasetDict; default: from --out)."
+        ),
         schema: str = typer.Option("trl", "--schema", help="trl | hf-cai"),
         run: str | None = typer.Option(None, "--run", help="Only rows of this run (name or id)."),
         where: str | None = typer.Option(None, "--where", help="Extra SQL filter on the dataset's columns."),
         final_only: bool = typer.Option(
             False, "--final-only", help="sft: each prompt's final revision only (default: every round's)."
         ),
+        test_fraction: float = typer.Option(
+            0.1, "--test-fraction", help="--format hf: share of conversations in the test splits."
+        ),
+        seed: int = typer.Option(0, "--seed", help="--format hf: seed of the train/test split."),
+        push_to_hub: str | None = typer.Option(
+            None, "--push-to-hub", help="--format hf: upload the dataset to this Hub repo (needs HF_TOKEN)."
+        ),
+        private: bool = typer.Option(False, "--private", help="--push-to-hub: create the repo private."),
     ) -> None:
         """Write a training dataset (TRL or hf-cai columns) from the database."""
         from charter.export import export
 
-        if fmt not in (None, "jsonl", "parquet"):
-            raise common.UsageError(f"--format {fmt!r}: expected jsonl or parquet")
+        if fmt not in (None, "jsonl", "parquet", "hf"):
+            raise common.UsageError(f"--format {fmt!r}: expected jsonl, parquet or hf")
+        if fmt == "hf":
+            _export_hf(
+                db, out, dataset, schema, run, where, final_only, test_fraction, seed, push_to_hub, private
+            )
+            return
+        if dataset is None:
+            raise common.UsageError("--dataset is required (sft or preferences), unless --format hf")
+        if push_to_hub is not None:
+            raise common.UsageError("--push-to-hub goes with --format hf")
         count = export(
             db, dataset, out, schema=schema, format=fmt, run=run, where=where,  # type: ignore[arg-type]
             final_only=final_only, echo=lambda line: typer.echo(line, err=True),
         )  # fmt: skip
         typer.echo(f"wrote {count} {dataset} rows to {out}", err=True)
+
+
+def _export_hf(
+    db: Path,
+    out: Path,
+    dataset: str | None,
+    schema: str,
+    run: str | None,
+    where: str | None,
+    final_only: bool,
+    test_fraction: float,
+    seed: int,
+    push_to_hub: str | None,
+    private: bool,
+) -> None:
+    """`charter export --format hf`: both datasets in the four cai-conversation-harmless splits."""
+    from charter.hf_dataset import HubError, export_hf
+    from charter.store.store import open_read_only
+
+    if dataset is not None:
+        raise common.UsageError("--format hf writes sft and preferences together; leave out --dataset")
+    if schema not in ("trl", "hf-cai"):
+        raise common.UsageError(f"--schema {schema!r}: expected trl or hf-cai")
+    open_read_only(db).close()  # a missing or non-DuckDB --db is bad input before anything else
+    try:
+        result = export_hf(
+            db, out, run=run, where=where, final_only=final_only, test_fraction=test_fraction, seed=seed,
+            push_to_hub=push_to_hub, private=private, echo=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
+    except HubError as exc:
+        typer.echo(f"charter: error: {exc} (the dataset is written in {out})", err=True)
+        raise typer.Exit(1) from None
+    for note in result.notes:
+        typer.echo(f"  {note}", err=True)
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    typer.echo(f"wrote a DatasetDict to {out}: {counts}; card {out / 'README.md'}", err=True)
+    if result.pushed_to:
+        typer.echo(f"pushed to {result.pushed_to}", err=True)
