@@ -201,12 +201,21 @@ def _stops(body: dict[str, Any]) -> list[str]:
 _Tok = tuple[str, float, dict[str, float]]
 
 
-def _generate(reply: FakeReply, stops: list[str], max_tokens: int | None) -> tuple[str, list[_Tok], str]:
-    """Apply stop sequences and ``max_tokens`` to a reply: (text, tokens, finish_reason)."""
+def _generate(
+    reply: FakeReply,
+    stops: list[str],
+    max_tokens: int | None,
+    split: Callable[[str], list[str]] | None = None,
+) -> tuple[str, list[_Tok], str]:
+    """Apply stop sequences and ``max_tokens`` to a reply: (text, tokens, finish_reason).
+
+    A reply without its own ``tokens`` is split by ``split`` (a tokenizer), else into words.
+    """
     if reply.tokens is not None:
         source = reply.tokens
     else:
-        source = [FakeToken(w) for w in _WORD_RE.findall(reply.text)]
+        pieces = split(reply.text) if split is not None else _WORD_RE.findall(reply.text)
+        source = [FakeToken(w) for w in pieces]
     text = reply.text
     cut, finish = len(text), "stop"
     for stop in stops:
@@ -270,7 +279,10 @@ class FakeOpenAIServer:
 
     ``responder`` produces each choice (default: :func:`default_responder`); ``latency_s`` is slept
     (asynchronously) before every answer; with ``logprobs=False`` no log-probabilities are ever returned.
-    Every completion request is counted and its JSON body recorded, faulted ones included.
+    ``split`` tokenizes replies that carry no tokens of their own (e.g.
+    ``charter.testing.tokenization.BPEReplies.train().split``, a real BPE); by default they are split
+    into whitespace-preserving words. Every completion request is counted and its JSON body recorded,
+    faulted ones included.
     """
 
     def __init__(
@@ -280,8 +292,10 @@ class FakeOpenAIServer:
         logprobs: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        split: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.responder: Responder = responder if responder is not None else default_responder
+        self.split = split
         self.latency_s = latency_s
         self.logprobs = logprobs
         self.host = host
@@ -561,7 +575,7 @@ class FakeOpenAIServer:
         choices = []
         completion_tokens = 0
         for i, reply in self._replies("chat", body, n, messages=messages, prompt=None):
-            text, toks, finish = _generate(reply, stops, max_tokens)
+            text, toks, finish = _generate(reply, stops, max_tokens, self.split)
             completion_tokens += _count_words(text)
             choices.append(
                 {
@@ -608,7 +622,7 @@ class FakeOpenAIServer:
         completion_tokens = 0
         for p, prompt in enumerate(prompts):
             for i, reply in self._replies("completion", body, n, messages=None, prompt=prompt):
-                text, toks, finish = _generate(reply, stops, max_tokens)
+                text, toks, finish = _generate(reply, stops, max_tokens, self.split)
                 completion_tokens += _count_words(text)
                 choices.append(
                     {
