@@ -69,6 +69,20 @@ def test_the_trained_bpe_tokenizes_like_real_models(bpe: BPEReplies) -> None:
     assert letter.top_logprobs == {"B": pytest.approx(math.log(0.8)), "A": pytest.approx(math.log(0.2))}
 
 
+def test_the_fake_server_can_tokenize_plain_replies_with_it(bpe: BPEReplies) -> None:
+    import openai
+
+    with FakeOpenAIServer(responder=lambda req: "So the answer is: (B)", split=bpe.split) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="x")
+        out = client.chat.completions.create(
+            model="test", messages=[{"role": "user", "content": "?"}], logprobs=True, top_logprobs=2
+        )
+    content = out.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None
+    assert [t.token for t in content][-4:] == [":", " (", "B", ")"]
+    assert "".join(t.token for t in content) == "So the answer is: (B)"
+
+
 # --------------------------------------------------------------------------- reading, unit level
 def test_the_constructed_wrong_token_case_reads_0_2() -> None:
     reading = read_answer(wrong_token_case())

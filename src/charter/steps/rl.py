@@ -284,6 +284,17 @@ class _Read:
 
 
 @dataclass
+class _Question:
+    """One question about a pair: its ensemble member, principle, option order and few-shot."""
+
+    item: PairItem
+    member: int
+    principle: Principle
+    swapped: bool
+    few_shot: Any
+
+
+@dataclass
 class _Try:
     """One attempt at a (member, order) query: what it read (P(A) as presented) and its record."""
 
@@ -393,11 +404,7 @@ class _Labeler(Step[PairItem]):
     async def _attempt(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         attempt: int,
         params: dict[str, Any],
         sample: int,
@@ -407,26 +414,14 @@ class _Labeler(Step[PairItem]):
     async def _votes(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         queries: list[FeedbackQuery],
         first: _Try,
     ) -> _Answer:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
-    async def ask(
-        self,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
-        ctx: StepContext,
-    ) -> _Answer:
+    async def ask(self, q: _Question, ctx: StepContext) -> _Answer:
         """One (member, order) answer: one question, or `samples` of them drawn at temperature 1.
 
         Each sample is asked until it can be read (`max_parse_retries` re-asks). Sample `s` numbers
@@ -435,14 +430,9 @@ class _Labeler(Step[PairItem]):
         """
         base = _defaults(ctx, self.attempt_params)
         if self.samples == 1:
-            return await self._ask_sample(ctx, item, member, principle, swapped, few_shot, base, 0)
+            return await self._ask_sample(ctx, q, base, 0)
         base = {**base, **_defaults(ctx, {"temperature": 1.0})}
-        answers = await asyncio.gather(
-            *(
-                self._ask_sample(ctx, item, member, principle, swapped, few_shot, base, s)
-                for s in range(self.samples)
-            )
-        )
+        answers = await asyncio.gather(*(self._ask_sample(ctx, q, base, s) for s in range(self.samples)))
         queries = [q for a in answers for q in a.queries]
         readable = [(s, a) for s, a in enumerate(answers) if a.ok]
         if not readable:
@@ -459,11 +449,7 @@ class _Labeler(Step[PairItem]):
     async def _ask_sample(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         base: dict[str, Any],
         sample: int,
     ) -> _Answer:
@@ -472,12 +458,10 @@ class _Labeler(Step[PairItem]):
         first = sample * (self.max_parse_retries + 1)
         for retry in range(self.max_parse_retries + 1):
             params = self._retry_params(ctx, retry, base)
-            got = await self._attempt(
-                ctx, item, member, principle, swapped, few_shot, first + retry, params, sample
-            )
+            got = await self._attempt(ctx, q, first + retry, params, sample)
             queries.append(got.query)
             if got.source == "parsed" and self.votes > 1:
-                return await self._votes(ctx, item, member, principle, swapped, few_shot, queries, got)
+                return await self._votes(ctx, q, queries, got)
             if got.prob_a is not None:
                 return _Answer(True, [got.prob_a], got.source, got.reasoning, queries)
         return _Answer(False, queries=queries)
@@ -492,18 +476,16 @@ class _Labeler(Step[PairItem]):
     def _render(
         self,
         ctx: StepContext,
-        item: PairItem,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         **extra: Any,
     ) -> RenderedPrompt:
-        responses = [item.response_b, item.response_a] if swapped else [item.response_a, item.response_b]
+        item = q.item
+        responses = [item.response_b, item.response_a] if q.swapped else [item.response_a, item.response_b]
         return ctx.prompt(self._template(ctx)).render(
             conversation=messages_to_dicts(item.prompt.messages),
-            principle=principle.feedback,
+            principle=q.principle.feedback,
             responses=responses,
-            few_shot=few_shot,
+            few_shot=q.few_shot,
             **extra,
         )
 
@@ -579,21 +561,22 @@ class _Labeler(Step[PairItem]):
         rng = ctx.rng(state.pair_id, "principles")
         principles = self.constitution.sample(rng, k=self.ensemble, kind="feedback")
         orders = [False, True] if self.swap else [False]
-        jobs = []
+        jobs: list[_Question] = []
         for member, principle in enumerate(principles):
             few_shot = (
                 self.few_shot(ctx, ctx.rng(state.pair_id, f"few-shot:{member}")) if ctx.few_shot else None
             )
             for swapped in orders:
-                jobs.append((member, principle, swapped, few_shot))
-        answers = await asyncio.gather(*(self.ask(state, m, p, s, fs, ctx) for m, p, s, fs in jobs))
+                jobs.append(_Question(state, member, principle, swapped, few_shot))
+        answers = await asyncio.gather(*(self.ask(job, ctx) for job in jobs))
         state.principles = [p.name for p in principles]
         state.queries = [q for a in answers for q in a.queries]
         texts = [q.text for q in state.queries if q.text is not None]
         reasonings = []
-        for (_, principle, swapped, _), answer in zip(jobs, answers, strict=True):
+        for job, answer in zip(jobs, answers, strict=True):
             if answer.reasoning is not None:
-                head = f"[{principle.name}{', options swapped' if swapped else ''}] " if len(jobs) > 1 else ""
+                swapped_note = ", options swapped" if job.swapped else ""
+                head = f"[{job.principle.name}{swapped_note}] " if len(jobs) > 1 else ""
                 reasonings.append(head + answer.reasoning)
         state.reasoning = "\n\n".join(reasonings) if reasonings else None
         if not all(a.ok for a in answers):
@@ -602,8 +585,8 @@ class _Labeler(Step[PairItem]):
             state.label_source = None
             return state
         unclamped, clamped = [], []  # per query, P(response_a) in the pair's own order
-        for (_, _, swapped, _), answer in zip(jobs, answers, strict=True):
-            own = [1.0 - p if swapped else p for p in answer.probs]
+        for job, answer in zip(jobs, answers, strict=True):
+            own = [1.0 - p if job.swapped else p for p in answer.probs]
             unclamped.append(sum(own) / len(own))
             # Each sample is clamped before averaging, as the paper's ensembled CoT does.
             clamped.append(sum(clamp(p, self.clamp) for p in own) / len(own))
@@ -616,9 +599,7 @@ class _Labeler(Step[PairItem]):
 
     def _query(
         self,
-        member: int,
-        principle: Principle,
-        swapped: bool,
+        q: _Question,
         kind: str,
         attempt: int,
         result: CallResult | _Draw,
@@ -634,16 +615,16 @@ class _Labeler(Step[PairItem]):
     ) -> FeedbackQuery:
         """One query's record; `prob_a` as presented, stored in the pair's own order."""
         return FeedbackQuery(
-            member=member,
-            principle=principle.name,
-            swapped=swapped,
+            member=q.member,
+            principle=q.principle.name,
+            swapped=q.swapped,
             kind=kind,
             attempt=attempt,
             call_id=result.call_id,
             reasoning_call_id=reasoning_call.call_id if reasoning_call else None,
             text=result.text if isinstance(result, _Draw) else result.completion.text,
             answer=answer,
-            prob_a=None if prob_a is None else (1.0 - prob_a if swapped else prob_a),
+            prob_a=None if prob_a is None else (1.0 - prob_a if q.swapped else prob_a),
             label_source=source,
             answer_position=evidence.position if evidence else None,
             answer_token=evidence.token if evidence else None,
@@ -655,9 +636,7 @@ class _Labeler(Step[PairItem]):
 
     def _read_query(
         self,
-        member: int,
-        principle: Principle,
-        swapped: bool,
+        q: _Question,
         kind: str,
         attempt: int,
         read: _Read,
@@ -665,9 +644,7 @@ class _Labeler(Step[PairItem]):
     ) -> FeedbackQuery:
         """`_query` for an answer call that was read."""
         return self._query(
-            member,
-            principle,
-            swapped,
+            q,
             kind,
             attempt,
             read.result,
@@ -737,28 +714,20 @@ class LabelMC(_Labeler):
     async def _attempt(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         attempt: int,
         params: dict[str, Any],
         sample: int,
     ) -> _Try:
-        rendered = self._render(ctx, item, principle, swapped, few_shot)
+        rendered = self._render(ctx, q)
         read = await self._read(ctx, "label", rendered, attempt, **params)
-        query = self._read_query(member, principle, swapped, "mc", attempt, read)
+        query = self._read_query(q, "mc", attempt, read)
         return _Try(read.prob_a, read.source, query, rendered=rendered)
 
     async def _votes(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         queries: list[FeedbackQuery],
         first: _Try,
     ) -> _Answer:
@@ -771,7 +740,7 @@ class LabelMC(_Labeler):
             letter = parse_answer(d.text)
             letters.append(letter)
             prob = None if letter is None else float(letter == "A")
-            queries.append(self._query(member, principle, swapped, "vote", j, d, letter, prob, "vote"))
+            queries.append(self._query(q, "vote", j, d, letter, prob, "vote"))
         prob_a = _vote(letters)
         return _Answer(prob_a is not None, [] if prob_a is None else [prob_a], "vote", None, queries)
 
@@ -847,14 +816,11 @@ class LabelCoT(_Labeler):
     async def _reason_and_answer(
         self,
         ctx: StepContext,
-        item: PairItem,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         sample_index: int,
         reasoning_params: dict[str, Any],
     ) -> _Thought:
-        question = self._render(ctx, item, principle, swapped, few_shot, reasoning=None)
+        question = self._render(ctx, q, reasoning=None)
         one_call = question.mode == "chat"
         logprobs = self._logprob_params(ctx, "chat", self.reasoning_top_logprobs) if one_call else {}
         thought = await self._generate(
@@ -866,7 +832,7 @@ class LabelCoT(_Labeler):
             if read.prob_a is not None:
                 return _Thought(thought, reasoning, read, stated_answer(reasoning), None)
         # No answer line (chat), or the paper's two steps (completion): ask "So the answer is:".
-        follow_up = self._render(ctx, item, principle, swapped, few_shot, reasoning=reasoning)
+        follow_up = self._render(ctx, q, reasoning=reasoning)
         answer_params = _defaults(ctx, {"max_tokens": 8, "temperature": 0.0})
         read = await self._read(ctx, "label_answer", follow_up, 0, **answer_params)
         stated = parse_answer(reasoning)
@@ -880,20 +846,14 @@ class LabelCoT(_Labeler):
     async def _attempt(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         attempt: int,
         params: dict[str, Any],
         sample: int,
     ) -> _Try:
-        t = await self._reason_and_answer(ctx, item, principle, swapped, few_shot, attempt, params)
+        t = await self._reason_and_answer(ctx, q, attempt, params)
         query = self._read_query(
-            member,
-            principle,
-            swapped,
+            q,
             "cot",
             attempt,
             t.read,
@@ -907,11 +867,7 @@ class LabelCoT(_Labeler):
     async def _votes(
         self,
         ctx: StepContext,
-        item: PairItem,
-        member: int,
-        principle: Principle,
-        swapped: bool,
-        few_shot: Any,
+        q: _Question,
         queries: list[FeedbackQuery],
         first: _Try,
     ) -> _Answer:
@@ -920,15 +876,13 @@ class LabelCoT(_Labeler):
         params = _defaults(ctx, {"max_tokens": 512, "temperature": 1.0})
         letters: list[str | None] = [None if first.prob_a is None else ("A" if first.prob_a >= 0.5 else "B")]
         for j in range(1, self.votes):
-            t = await self._reason_and_answer(ctx, item, principle, swapped, few_shot, 1000 + j, params)
+            t = await self._reason_and_answer(ctx, q, 1000 + j, params)
             prob_a = t.read.prob_a
             letter = None if prob_a is None else ("A" if prob_a >= 0.5 else "B")
             letters.append(letter)
             queries.append(
                 self._query(
-                    member,
-                    principle,
-                    swapped,
+                    q,
                     "vote",
                     j,
                     t.read.result,

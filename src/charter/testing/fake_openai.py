@@ -202,21 +202,30 @@ _Tok = tuple[str, float, dict[str, float]]
 
 
 def _generate(
-    reply: FakeReply, stops: list[str], max_tokens: int | None, include_stop: bool = False
+    reply: FakeReply,
+    stops: list[str],
+    max_tokens: int | None,
+    split: Callable[[str], list[str]] | None = None,
+    include_stop: bool = False,
 ) -> tuple[str, list[_Tok], str]:
     """Apply stop sequences and ``max_tokens`` to a reply: (text, tokens, finish_reason).
 
-    With ``include_stop`` the matched stop string stays at the end of the text, as transformers serve
-    returns it (OpenAI, vLLM and llama.cpp cut before it)."""
+    A reply without its own ``tokens`` is split by ``split`` (a tokenizer), else into words. With
+    ``include_stop`` the matched stop string stays at the end of the text, as transformers serve
+    returns it (OpenAI, vLLM and llama.cpp cut before it).
+    """
     if reply.tokens is not None:
         source = reply.tokens
     else:
-        source = [FakeToken(w) for w in _WORD_RE.findall(reply.text)]
+        pieces = split(reply.text) if split is not None else _WORD_RE.findall(reply.text)
+        source = [FakeToken(w) for w in pieces]
     text = reply.text
     cut, finish = len(text), "stop"
+    first = len(text)  # where the earliest stop string starts
     for stop in stops:
         at = text.find(stop)
-        if 0 <= at < cut:
+        if 0 <= at < first:
+            first = at
             cut = at + len(stop) if include_stop else at
     if max_tokens is not None and 0 <= max_tokens < len(source):
         boundary = sum(len(t.text) for t in source[:max_tokens])
@@ -276,7 +285,10 @@ class FakeOpenAIServer:
     ``responder`` produces each choice (default: :func:`default_responder`); ``latency_s`` is slept
     (asynchronously) before every answer; with ``logprobs=False`` no log-probabilities are ever returned;
     with ``include_stop=True`` a matched stop string is returned at the end of the text (transformers
-    serve does this). Every completion request is counted and its JSON body recorded, faulted ones included.
+    serve does this). ``split`` tokenizes replies that carry no tokens of their own (e.g.
+    ``charter.testing.tokenization.BPEReplies.train().split``, a real BPE); by default they are split
+    into whitespace-preserving words. Every completion request is counted and its JSON body recorded,
+    faulted ones included.
     """
 
     def __init__(
@@ -287,8 +299,10 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         include_stop: bool = False,
         port: int = 0,
+        split: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.responder: Responder = responder if responder is not None else default_responder
+        self.split = split
         self.latency_s = latency_s
         self.logprobs = logprobs
         self.include_stop = include_stop
@@ -569,7 +583,7 @@ class FakeOpenAIServer:
         choices = []
         completion_tokens = 0
         for i, reply in self._replies("chat", body, n, messages=messages, prompt=None):
-            text, toks, finish = _generate(reply, stops, max_tokens, self.include_stop)
+            text, toks, finish = _generate(reply, stops, max_tokens, self.split, self.include_stop)
             completion_tokens += _count_words(text)
             choices.append(
                 {
@@ -616,7 +630,7 @@ class FakeOpenAIServer:
         completion_tokens = 0
         for p, prompt in enumerate(prompts):
             for i, reply in self._replies("completion", body, n, messages=None, prompt=prompt):
-                text, toks, finish = _generate(reply, stops, max_tokens, self.include_stop)
+                text, toks, finish = _generate(reply, stops, max_tokens, self.split, self.include_stop)
                 completion_tokens += _count_words(text)
                 choices.append(
                     {
