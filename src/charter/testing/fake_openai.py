@@ -61,7 +61,7 @@ __all__ = [
 DEFAULT_LOGPROB = -0.01
 #: The fault kinds :meth:`FakeOpenAIServer.inject` and :meth:`FakeOpenAIServer.fail_every` accept.
 FAULT_KINDS = frozenset(
-    {"429", "500", "503", "slow", "broken_json", "disconnect", "no_message", "null_content"}
+    {"429", "500", "503", "slow", "broken_json", "disconnect", "no_message", "null_content", "huge_usage"}
 )
 _MAX_RECORDED = 10_000
 _MAX_N = 128
@@ -403,7 +403,8 @@ class FakeOpenAIServer:
         ``"slow"`` (``delay_s`` opt: sleep, then answer normally), ``"broken_json"`` (status 200, truncated
         body), ``"disconnect"`` (close the connection without answering), and the malformed answers
         some proxies and servers send with status 200: ``"no_message"`` (a choice with neither
-        ``message`` nor ``text``) and ``"null_content"`` (``content``/``text`` null, no tool calls).
+        ``message`` nor ``text``), ``"null_content"`` (``content``/``text`` null, no tool calls) and
+        ``"huge_usage"`` (a normal answer reporting 2**40 prompt tokens).
         """
         opts = self._check_fault(kind, opts)
         if count < 1:
@@ -474,7 +475,8 @@ class FakeOpenAIServer:
         except ValueError:
             body = None
         fault = self._admit(body)
-        if fault is not None:
+        huge_usage = fault is not None and fault[0] == "huge_usage"
+        if fault is not None and not huge_usage:
             kind, opts = fault
             if kind == "slow":
                 await asyncio.sleep(float(opts["delay_s"]))
@@ -490,6 +492,10 @@ class FakeOpenAIServer:
             return _error_response(400, str(exc), "invalid_request_error")
         except Exception as exc:
             return _error_response(500, f"FakeOpenAIServer responder failed: {exc!r}", "server_error")
+        if huge_usage:
+            # Some servers report nonsense token counts (seen: 2**40 prompt tokens).
+            payload["usage"]["prompt_tokens"] = 2**40
+            payload["usage"]["total_tokens"] = 2**40 + payload["usage"]["completion_tokens"]
         return _json_response(payload)
 
     def _fault_response(
