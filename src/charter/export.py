@@ -244,6 +244,17 @@ def export(
     rows = started(export_rows(db, dataset, schema, run=run, where=where, final_only=final_only, echo=echo))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a stale one from a killed export: start afresh
+    try:
+        count = _write(rows, tmp, fmt)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # an error or Ctrl-C: no half-written file left behind
+        raise
+    tmp.replace(out)  # never leave a half-written export under the final name
+    return count
+
+
+def _write(rows: Iterator[dict[str, Any]], tmp: Path, fmt: str) -> int:
     count = 0
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:
@@ -268,7 +279,6 @@ def export(
         finally:
             if writer is not None:
                 writer.close()
-    tmp.replace(out)  # never leave a half-written export under the final name
     return count
 
 

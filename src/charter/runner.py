@@ -9,6 +9,7 @@ backoff and jitter (honouring Retry-After), and buffers a `calls` row.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import time
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
@@ -90,6 +92,46 @@ def backoff_seconds(options: RunnerOptions, exc: BaseException | None, attempt_n
     return random.uniform(0, ceiling)
 
 
+def public_url(url: str) -> str:
+    """`url` without credentials (user:password@, the query and fragment), as a cache-key part."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme or not parts.netloc:
+        return url.strip().rstrip("/")
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme.lower(), host.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def backend_endpoint(backend: Any) -> str | None:
+    """Where `backend` sends requests (its api_base, or a Router's deployments), secrets removed.
+
+    None for a provider's default endpoint: then the model string alone names the model.
+    """
+    while getattr(backend, "inner", None) is not None:  # wrappers (the labeler's ScoringBackend)
+        backend = backend.inner
+    deployments = getattr(backend, "deployments", None)
+    if deployments:
+        parts = sorted(
+            f"{p.get('model')}@{public_url(str(p['api_base'])) if p.get('api_base') else ''}"
+            for p in (d.get("litellm_params", {}) for d in deployments)
+        )
+        return "router:" + ",".join(parts)
+    base = getattr(backend, "api_base", None)
+    if base is None:
+        base = (getattr(backend, "client_options", None) or {}).get("api_base")
+    return public_url(str(base)) if base else None
+
+
+def cache_key(request: CompletionRequest, endpoint: str | None) -> str:
+    """The request cache's key: the request, and the endpoint that answers it (a retrained model
+    served under the same name at a new address must not be answered from the old one's cache)."""
+    key = request.cache_key()
+    if endpoint is None:
+        return key
+    return hashlib.sha256(f"{key}\n{endpoint}".encode()).hexdigest()[:32]
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and exc.retryable
 
@@ -114,12 +156,13 @@ class Runner:
             RateLimiter(self.options.requests_per_minute) if self.options.requests_per_minute else None
         )
         self.on_call = on_call
+        self.endpoint = backend_endpoint(backend)
         self.calls_made = 0
         self.cache_hits = 0
 
     async def call(self, step: str, request: CompletionRequest) -> CallResult:
         """Answer `request` from the cache or the backend; raises `CallFailed` after retries."""
-        key = request.cache_key()
+        key = cache_key(request, self.endpoint)
         if self.store is not None:
             hit = self.store.cache_get(key)
             if hit is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -37,11 +39,37 @@ class RunSummary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     status: str = "done"
+    terminated: bool = False  # SIGTERM arrived: the run stops like after Ctrl-C
 
     @property
     def ok(self) -> bool:
         """True when every item finished."""
         return self.failed == 0 and self.status == "done"
+
+
+class RunInterrupted(BaseException):
+    """A run stopped by SIGTERM: what finished is committed and the run is marked 'interrupted'.
+
+    Not a KeyboardInterrupt (Ctrl-C stays one), so the CLI can exit 143 rather than 130.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Seconds between progress lines when stderr is not a terminal (None: no lines); see
+# `enable_progress_lines`. CHARTER_PROGRESS_SECONDS overrides the interval (tests use a short one).
+_progress_lines: float | None = None
+PROGRESS_LINE_SECONDS = 30.0
+
+
+def enable_progress_lines(seconds: float | None = None) -> None:
+    """Print a progress line every `seconds` (default 30, or CHARTER_PROGRESS_SECONDS) during runs."""
+    global _progress_lines
+    if seconds is None:
+        seconds = float(os.environ.get("CHARTER_PROGRESS_SECONDS") or PROGRESS_LINE_SECONDS)
+    _progress_lines = seconds if seconds > 0 else None
 
 
 def _item_id(state: Any) -> str:
@@ -101,7 +129,9 @@ def run_chain(
     check_templates(chain, mode, prompts_dir)
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
-        run_id, resumed = store.start_run(run_name, command, config)
+        run_id, resumed = store.start_run(
+            run_name, command, config, total=total, done_table=done_table, done_column=done_column
+        )
         done = store.ids_in(done_table, run_id, done_column)
         summary = RunSummary(
             run_id=run_id, run_name=run_name, resumed=resumed, total=total, skipped=len(done)
@@ -134,6 +164,11 @@ def run_chain(
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except asyncio.CancelledError:
+            if not summary.terminated:
+                raise
+            status = "interrupted"
+            raise RunInterrupted(signal.SIGTERM) from None
         finally:
             summary.seconds = time.perf_counter() - started
             summary.status = status
@@ -159,7 +194,7 @@ async def _drive(
     show_progress: bool,
     item_id: Callable[[S], str],
 ) -> None:
-    bar = _Progress(summary.total - summary.skipped, show_progress)
+    bar = _Progress(summary.total - summary.skipped, show_progress, summary)
 
     def on_call(_: CallResult) -> None:
         bar.calls += 1
@@ -181,6 +216,18 @@ async def _drive(
     # Each item makes its calls one after another, so `concurrency` items in flight keep that many
     # requests in flight; a few more hide the gaps between one item's calls.
     in_flight = max(1, options.concurrency) + 4
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_sigterm() -> None:
+        # Like asyncio's own Ctrl-C handling: cancel the main task, so the finally blocks below commit
+        # what finished, and run_chain marks the run interrupted.
+        summary.terminated = True
+        if main is not None:
+            main.cancel()
+
+    with_sigterm = _add_signal_handler(loop, signal.SIGTERM, on_sigterm)
+    ticker = asyncio.ensure_future(bar.tick()) if bar.line_seconds else None
     try:
         with bar:
             async for state, result in bounded_map(items, work, in_flight):
@@ -197,21 +244,63 @@ async def _drive(
                 store.maybe_flush()
                 bar.advance()
     finally:
-        store.flush()
-        await _close_clients(backend)
+        if ticker is not None:
+            ticker.cancel()
+        if with_sigterm:
+            loop.remove_signal_handler(signal.SIGTERM)
         summary.calls = runner.calls_made
         summary.cache_hits = runner.cache_hits
+        try:
+            store.flush()
+        finally:
+            await _close_clients(backend)
+            summary.errors.extend(f"not stored: {r}" for r in store.rejected[:5])
+
+
+def _add_signal_handler(loop: asyncio.AbstractEventLoop, signum: int, handler: Callable[[], None]) -> bool:
+    try:
+        loop.add_signal_handler(signum, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False  # not the main thread (or Windows): the default action stays
+    return True
 
 
 class _Progress:
-    """A rich progress bar with rate and ETA on stderr (silent when disabled)."""
+    """A rich progress bar with rate and ETA on stderr, or a plain line every so often when stderr
+    is not a terminal (a log file: see `enable_progress_lines`); silent when disabled."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, summary: RunSummary | None = None) -> None:
         self.enabled = enabled and total > 0
         self.total = total
         self.calls = 0
+        self.summary = summary
+        self.line_seconds = _progress_lines if not enabled and total > 0 else None
         self._progress: Any = None
         self._task: Any = None
+        self._started = time.perf_counter()
+
+    async def tick(self) -> None:
+        """Print a progress line every `line_seconds` until cancelled."""
+        assert self.line_seconds
+        while True:
+            await asyncio.sleep(self.line_seconds)
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        """One line: items done of total, failures, calls, rate and ETA."""
+        summary = self.summary
+        done = summary.completed if summary else 0
+        failed = summary.failed if summary else 0
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        rate = (done + failed) / elapsed
+        left = self.total - done - failed
+        eta = f"{_duration(left / rate)}" if rate > 0 else "?"
+        name = summary.run_name if summary else "run"
+        return (
+            f"charter: {name}: {done}/{self.total} items ({100 * done / max(self.total, 1):.0f}%), "
+            f"{failed} failed, {self.calls} calls, {rate * 60:.1f} items/min, "
+            f"{_duration(elapsed)} elapsed, ETA {eta}"
+        )
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -252,6 +341,15 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 async def _close_clients(backend: Backend) -> None:

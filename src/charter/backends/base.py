@@ -106,6 +106,21 @@ class BackendError(RuntimeError):
         self.status = status
 
 
+def choice_text(value: Any, index: int, *, has_tool_calls: bool = False) -> str:
+    """The text of choice `index`, or a retryable `BackendError` when the choice carries none.
+
+    A missing message, or `content`/`text` null without tool calls, is a malformed answer (a proxy or
+    server bug): retried, and never stored as a valid empty answer, so it is never cached. An empty
+    string is different: the model really answered nothing (e.g. it stopped at once), and that is
+    a valid answer, stored and cached like any other.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None and has_tool_calls:
+        return ""
+    raise BackendError(f"malformed answer: choice {index} has no text", retryable=True)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Anything that turns a `CompletionRequest` into a `Completion`.

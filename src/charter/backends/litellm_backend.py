@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob
+from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
 
 # The parameter policy lives in params.py; these names stay importable from here.
 from charter.backends.params import CHARTER_PARAMS, CLIENT_PARAMS, SECRET_PARAMS, split_params
@@ -226,13 +226,14 @@ class LiteLLMBackend:
         texts: list[str] = []
         logprobs: list[list[TokenLogprob]] = []
         have_logprobs = False
-        for choice in choices:
+        for i, choice in enumerate(choices):
             if request.mode == "chat":
                 message = getattr(choice, "message", None)
-                text = getattr(message, "content", None) or ""
+                tools = bool(getattr(message, "tool_calls", None))
+                text = choice_text(getattr(message, "content", None), i, has_tool_calls=tools)
                 lp = _chat_logprobs(choice)
             else:
-                text = getattr(choice, "text", None) or ""
+                text = choice_text(getattr(choice, "text", None), i)
                 lp = _text_logprobs(choice)
             texts.append(text)
             logprobs.append(lp or [])

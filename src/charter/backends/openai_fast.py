@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any
 
-from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob
+from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
 from charter.backends.litellm_backend import RETRYABLE_STATUS, LiteLLMBackend, backend_error
 
 # Model-string prefix -> (provider name, the env vars LiteLLM reads for its key and base URL).
@@ -223,12 +223,13 @@ class OpenAIFastBackend:
         logprobs: list[list[TokenLogprob]] = []
         have_logprobs = False
         chat = request.mode == "chat"
-        for choice in choices:
+        for i, choice in enumerate(choices):
             if chat:
-                text = (choice.get("message") or {}).get("content") or ""
+                message = choice.get("message") or {}
+                text = choice_text(message.get("content"), i, has_tool_calls=bool(message.get("tool_calls")))
                 lp = _chat_logprobs(choice.get("logprobs"))
             else:
-                text = choice.get("text") or ""
+                text = choice_text(choice.get("text"), i)
                 lp = _text_logprobs(choice.get("logprobs"))
             texts.append(text)
             logprobs.append(lp or [])

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
 
 from charter import __version__
-from charter.cli import catalog, data, evals, report, revise
+from charter.cli import catalog, data, evals, report, revise, status
 from charter.cli import rl as rl_commands
 from charter.cli import run as run_command
 from charter.cli import scale as scale_commands
 from charter.cli.common import USER_ERRORS
+from charter.session import RunInterrupted
+from charter.store.store import StoreWriteError
 
 app = typer.Typer(
     name="charter",
@@ -46,6 +49,7 @@ rl_commands.register(app)
 run_command.register(app)
 report.register(app)
 evals.register(app)
+status.register(app)
 
 
 def _register_plugin_commands() -> None:
@@ -60,6 +64,8 @@ def main() -> None:
     try:
         # Without standalone mode, typer returns the code of a `typer.Exit(n)` instead of exiting.
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit code 130
+            _interrupted(signal.SIGINT)
         if isinstance(code, int) and code:
             sys.exit(code)
     except typer.Exit as exc:
@@ -81,6 +87,16 @@ def main() -> None:
     except USER_ERRORS as exc:
         typer.echo(f"charter: error: {exc}", err=True)
         sys.exit(2)
+    except StoreWriteError as exc:
+        typer.echo(f"charter: error: {exc}", err=True)
+        sys.exit(1)
+    except RunInterrupted as exc:
+        _interrupted(exc.signum)
     except KeyboardInterrupt:
-        typer.echo("charter: interrupted; what finished is saved, run the same command to resume", err=True)
-        sys.exit(130)
+        _interrupted(signal.SIGINT)
+
+
+def _interrupted(signum: int) -> None:
+    # Ctrl-C (exit 130) or SIGTERM (143): what finished is committed and the run marked interrupted.
+    typer.echo("charter: interrupted; the same command resumes (what finished is saved)", err=True)
+    sys.exit(128 + int(signum))

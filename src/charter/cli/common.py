@@ -59,8 +59,13 @@ def parse_clamp(text: str) -> tuple[float, float]:
 
 
 def progress_enabled() -> bool:
-    """Show progress bars only to a person at a terminal."""
-    return sys.stderr.isatty()
+    """Show progress bars only to a person at a terminal; a log gets a line every 30 s instead."""
+    if sys.stderr.isatty():
+        return True
+    from charter.session import enable_progress_lines
+
+    enable_progress_lines()
+    return False
 
 
 # Options every model-calling command takes (the contract's names).

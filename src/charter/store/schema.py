@@ -191,4 +191,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, item_id)
     );
     """,
+    # 5: token counts as BIGINT (a server reporting 2**40 tokens must not make a whole flush fail),
+    # and each run's item total and where its finished items are counted.
+    # DuckDB cannot alter a column of an indexed table, so the index is dropped and rebuilt.
+    """
+    DROP INDEX calls_cache_key;
+    ALTER TABLE calls ALTER prompt_tokens TYPE BIGINT;
+    ALTER TABLE calls ALTER completion_tokens TYPE BIGINT;
+    CREATE INDEX calls_cache_key ON calls (cache_key);
+    -- What `charter status` measures a run's progress against.
+    ALTER TABLE runs ADD COLUMN total_items BIGINT;
+    ALTER TABLE runs ADD COLUMN done_table VARCHAR;
+    ALTER TABLE runs ADD COLUMN done_column VARCHAR;
+    """,
 ]

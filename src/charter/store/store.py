@@ -4,13 +4,32 @@ Writes are buffered per table and flushed together in one transaction as Arrow t
 `executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
 example, and the calls they reference) are flushed atomically, so a crash leaves whole prompts or
 nothing, and the same command resumes where it stopped.
+
+A flush that fails keeps its rows. A row the database refuses is found and stored with its error
+(a `calls` row) or left out (a derived row: its item is redone, from the cache, on resume), and the
+rest commits; a full disk is one `StoreWriteError` line, with everything committed so far kept.
+Finished calls also go to a journal beside the file (`charter.store.journal`) as they finish, so a
+kill -9 loses only the calls in flight.
+
+Watching a live run: DuckDB allows one writer process per file and no reader process meanwhile.
+The writer holds `DB.lock` for its life (a second writer gets "in use by PID N"), but its DuckDB
+connection only until a reader asks for the file (`charter.store.lock`): `open_read_only` asks the
+writer, which flushes and lets go until the reader is done, buffering results (and journaling
+them) meanwhile. Nothing is paid while nobody watches; each look costs the writer one reopen (tens
+of milliseconds). `iter_dicts` streams from a spilled Arrow file rather than a cursor, so a reader
+can come in while a step is still reading its items.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import shutil
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -22,6 +41,8 @@ import duckdb
 import pyarrow as pa
 
 from charter.backends.base import Completion, TokenLogprob
+from charter.store.journal import Journal
+from charter.store.lock import LockHeld, ReleaseServer, WriterLock, ask_release, live_writer
 from charter.store.schema import MIGRATIONS
 
 
@@ -31,6 +52,10 @@ class StoreError(RuntimeError):
 
 class StoreInUseError(StoreError):
     """Another process holds the database's write lock."""
+
+
+class StoreWriteError(RuntimeError):
+    """The database file cannot be written (disk full, I/O error): a run-time failure, exit 1."""
 
 
 @dataclass
@@ -43,6 +68,8 @@ class CachedCall:
 
 
 _LOCK_PID = re.compile(r"held in (?P<proc>.+?) \(PID (?P<pid>\d+)\)")
+# How long a reader keeps retrying while a writer holds the file for a moment (opening, flushing).
+READ_RETRY_S = 10.0
 
 
 # DuckDB files carry "DUCK" at byte 8 of their header. DuckDB itself opens other files it
@@ -87,6 +114,22 @@ def check_db_path(path: str | Path) -> None:
     raise StoreError(f"database {p}: {kind}, not a DuckDB database; give a .duckdb file or a new path")
 
 
+def _in_use(path: str | Path, holder: str | None) -> StoreInUseError:
+    return StoreInUseError(
+        f"database {path} is in use by {holder or 'another process'}: DuckDB allows one writer per "
+        "file; wait for it to finish or use another --db"
+    )
+
+
+def _lock_holder(exc: BaseException) -> str | None:
+    match = _LOCK_PID.search(str(exc))
+    return f"PID {match['pid']} ({match['proc']})" if match else None
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
 def _connect(
     path: str | Path, read_only: bool, config: dict[str, Any] | None = None
 ) -> duckdb.DuckDBPyConnection:
@@ -94,26 +137,94 @@ def _connect(
     try:
         return duckdb.connect(str(path), read_only=read_only, config=config or {})
     except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            match = _LOCK_PID.search(text)
-            holder = f"PID {match['pid']} ({match['proc']})" if match else "another process"
-            raise StoreInUseError(
-                f"database {path} is in use by {holder}: DuckDB allows one writer per file; "
-                "wait for it to finish or use another --db"
-            ) from None
-        raise StoreError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+        if _is_lock_conflict(exc):
+            raise _in_use(path, _lock_holder(exc)) from None
+        raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
 
 
-def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection (for `charter sql` and exports); the file must exist.
+class ReadConnection:
+    """A read-only DuckDB connection; while a charter run writes the file, also the lease on it.
 
-    The engine is locked too (`LOCKED_CONFIG`): user SQL run on it (`charter sql`, `--where`)
-    cannot write files, attach databases or install extensions.
+    Behaves like the `duckdb.DuckDBPyConnection` it wraps; `close()` hands the file back.
     """
-    if not Path(path).exists():
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, lease: Any = None) -> None:
+        self._con = con
+        self._lease = lease
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+    def close(self) -> None:
+        """Close the connection and let the writer have the file again."""
+        try:
+            self._con.close()
+        finally:
+            if self._lease is not None:
+                self._lease.close()
+                self._lease = None
+
+    def __enter__(self) -> ReadConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_read_only(path: str | Path, config: dict[str, Any] | None = None) -> ReadConnection:
+    """A read-only connection (for `charter sql`, `status` and exports); the file must exist.
+
+    Works while a charter run writes the file: the writer lets go for as long as this connection
+    is open (see the module docstring). The engine is locked (`LOCKED_CONFIG`): user SQL run on it
+    (`charter sql`, `--where`) cannot write files, attach databases or install extensions; `config`
+    adds to that.
+    """
+    path = Path(path)
+    if not path.exists():
         raise StoreError(f"database {path} does not exist")
-    return _connect(path, read_only=True, config=LOCKED_CONFIG)
+    check_db_path(path)
+    config = {**LOCKED_CONFIG, **(config or {})}
+    deadline = time.monotonic() + READ_RETRY_S
+    delay = 0.02
+    while True:
+        try:
+            return ReadConnection(duckdb.connect(str(path), read_only=True, config=config or {}))
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc):
+                raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+            conflict: BaseException = exc
+        writer = live_writer(path)
+        if writer and writer.get("port"):
+            try:
+                lease = ask_release(int(writer["port"]))
+            except LockHeld:
+                raise _in_use(path, f"PID {writer.get('pid')}") from None
+            except OSError:
+                lease = None  # the writer is closing: retry
+            if lease is not None:
+                try:
+                    con = _connect_until(path, config, deadline)
+                except BaseException:
+                    lease.close()
+                    raise
+                return ReadConnection(con, lease)
+        if time.monotonic() >= deadline:
+            holder = f"PID {writer['pid']}" if writer and writer.get("pid") else _lock_holder(conflict)
+            raise _in_use(path, holder)
+        time.sleep(delay)  # a writer starting up, or a reader of another kind: a moment
+        delay = min(delay * 2, 0.5)
+
+
+def _connect_until(path: Path, config: dict[str, Any] | None, deadline: float) -> duckdb.DuckDBPyConnection:
+    delay = 0.01
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True, config=config or {})
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
+                raise _in_use(path, _lock_holder(exc)) from None
+        time.sleep(delay)  # another reader's writer hand-back is still closing
+        delay = min(delay * 2, 0.2)
 
 
 def completion_to_json(completion: Completion) -> dict[str, Any]:
@@ -131,11 +242,16 @@ def completion_to_json(completion: Completion) -> dict[str, Any]:
         "response_text": completion.texts[0] if completion.texts else None,
         "responses": json.dumps(completion.texts, ensure_ascii=False),
         "logprobs": logprobs,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
+        "prompt_tokens": _token_count(completion.prompt_tokens),
+        "completion_tokens": _token_count(completion.completion_tokens),
         "cost_usd": completion.cost_usd,
         "latency_ms": completion.latency_ms,
     }
+
+
+def _token_count(value: int) -> int | None:
+    # A count no BIGINT holds is a server's nonsense, not a number to fail a flush over: NULL.
+    return value if 0 <= value < 2**63 else None
 
 
 def completion_from_row(
@@ -174,12 +290,64 @@ def _key_prefix(cache_key: str) -> int:
         return hash(cache_key)
 
 
-class Store:
-    """A DuckDB file opened for writing by this process (DuckDB allows one writer per file)."""
+# Error texts that mean the file cannot be written at all (as opposed to one row it refuses).
+_STORAGE_FAILURES = (
+    "no space left",
+    "file too large",
+    "disk quota",
+    "could not write",
+    "failed to write",
+    "input/output error",
+    "read-only file system",
+    "invalidated",
+)
 
-    def __init__(self, path: str | Path, *, flush_rows: int = 5000, flush_seconds: float = 1.0) -> None:
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    if isinstance(exc, (duckdb.IOException, duckdb.FatalException, OSError)):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _STORAGE_FAILURES)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    # After some failures DuckDB has already aborted the transaction ("cannot rollback - no
+    # transaction is active"); that must not hide the error that matters.
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+# The columns of a `calls` row kept when the database refuses the row: enough to show the call and
+# its error, and to ask it again on resume (an error row is never a cache hit).
+_CALL_IDENTITY = ("call_id", "run_id", "step", "model", "cache_key", "request", "attempts", "cached")
+
+
+class Store:
+    """A DuckDB file opened for writing by this process (one writer per file; readers may look in)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        flush_rows: int = 5000,
+        flush_seconds: float = 1.0,
+        journal: bool | None = None,
+    ) -> None:
+        """Open (creating and migrating) `path`; `journal` None means on unless CHARTER_JOURNAL=0."""
+        if journal is None:
+            journal = os.environ.get("CHARTER_JOURNAL", "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
         self.path = Path(path)
-        self.con = _connect(self.path, read_only=False)
+        on_disk = str(path) != ":memory:"
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._pending: dict[str, list[dict[str, Any]]] = {}
@@ -190,38 +358,86 @@ class Store:
         self._known_keys: set[int] | None = None
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._columns: dict[str, list[str]] = {}
         self._arrow_types: dict[str, dict[str, pa.DataType]] = {}
-        self.migrate()
+        self._readers = 0  # processes reading the file right now (we let go of it for them)
+        self._wanted = False  # we wait for the file: new readers wait for us
+        self._pinned = False  # someone holds `con` itself: we cannot let go
+        #: Rows the database refused at a flush, as "table: error" (their items are redone on resume).
+        self.rejected: list[str] = []
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._writer_lock = WriterLock(self.path) if on_disk else None
+        if self._writer_lock is not None:
+            try:
+                self._writer_lock.acquire()
+            except LockHeld as exc:
+                raise _in_use(self.path, f"PID {exc.pid}" if exc.pid else None) from None
+        self._journal: Journal | None = None
+        self._server: ReleaseServer | None = None
+        try:
+            self._con = _connect(self.path, read_only=False)
+            self.migrate()
+            if journal and on_disk:
+                self._journal = Journal(self.path)
+                replayed = self._journal.replay()
+                self._journal.open()
+                if replayed:
+                    self.add_rows("calls", replayed)
+                    self.flush()
+            if on_disk:
+                self._server = ReleaseServer(self._release_for_reader, self._reader_done)
+                assert self._writer_lock is not None
+                self._writer_lock.publish(self._server.port)
+        except BaseException:
+            self._shutdown(keep_journal=True)
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------
     def migrate(self) -> None:
         """Apply the migrations this file has not seen yet."""
         from charter.store import views
 
-        con = self.con
-        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = int(row[0]) if row and row[0] is not None else 0
-        for version, sql in enumerate(MIGRATIONS, start=1):
-            if version <= current:
-                continue
-            con.execute("BEGIN")
-            try:
-                con.execute(sql)
-                con.execute("INSERT INTO schema_version VALUES (?)", [version])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        views.create_views(con)
+        with self._lock:
+            con = self._connection()
+            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            if current < len(MIGRATIONS):
+                views.drop_views(con)  # recreated below; a view over a table blocks altering it
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                con.execute("BEGIN")
+                try:
+                    con.execute(sql)
+                    con.execute("INSERT INTO schema_version VALUES (?)", [version])
+                    con.execute("COMMIT")
+                except Exception:
+                    _rollback(con)
+                    raise
+            views.create_views(con)
 
     def close(self) -> None:
-        """Flush what is buffered and close the file."""
+        """Flush what is buffered and close the file (what cannot be written stays in the journal)."""
         try:
             self.flush()
         finally:
-            self.con.close()
+            self._shutdown(keep_journal=bool(self._pending_count))
+
+    def _shutdown(self, *, keep_journal: bool) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            if self._con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    self._con.close()
+                self._con = None
+        if self._journal is not None:
+            self._journal.close(remove=not keep_journal)
+        if self._writer_lock is not None:
+            self._writer_lock.release()
 
     def __enter__(self) -> Store:
         return self
@@ -229,44 +445,139 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- runs --------------------------------------------------------------------------------
-    def start_run(self, name: str, command: str, config: dict[str, Any]) -> tuple[str, bool]:
-        """The run called `name` (created if new). Returns (run_id, resumed?)."""
+    # -- the file, shared with readers -------------------------------------------------------
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The writer's DuckDB connection, held from now until `close` (readers get "in use")."""
         with self._lock:
-            row = self.con.execute("SELECT run_id FROM runs WHERE name = ?", [name]).fetchone()
+            self._pinned = True
+            return self._connection()
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        """The open connection, reopened (waiting for readers to finish) after we let go of it."""
+        with self._cond:
+            if self._con is not None:
+                return self._con
+            self._wanted = True
+            try:
+                waited = time.monotonic()
+                delay = 0.01
+                while True:
+                    if not self._readers:
+                        try:
+                            self._con = duckdb.connect(str(self.path))
+                            return self._con
+                        except duckdb.IOException as exc:
+                            if not _is_lock_conflict(exc):
+                                raise StoreWriteError(
+                                    f"cannot open {self.path}: {_first_line(exc)}"
+                                ) from None
+                    if time.monotonic() - waited > 10:
+                        waited = float("inf")  # say it once
+                        print(f"charter: waiting for readers of {self.path} to finish", file=sys.stderr)
+                    self._cond.wait(delay)
+                    delay = min(delay * 2, 0.5)
+            finally:
+                self._wanted = False
+                self._cond.notify_all()
+
+    def _release_for_reader(self) -> bool:
+        """A reader asks for the file: flush, close our connection, and keep it closed until it is done."""
+        with self._cond:
+            while self._wanted:
+                self._cond.wait()
+            if self._pinned:
+                return False
+            self._readers += 1
+            if self._con is not None:
+                with contextlib.suppress(Exception):
+                    # Let the reader see everything finished so far; a failure is raised by the
+                    # next flush of the run itself, where it can be reported.
+                    self._flush_now()
+                with contextlib.suppress(duckdb.Error):
+                    self._con.close()
+                self._con = None
+            return True
+
+    def _reader_done(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            self._cond.notify_all()
+
+    # -- runs --------------------------------------------------------------------------------
+    def start_run(
+        self,
+        name: str,
+        command: str,
+        config: dict[str, Any],
+        *,
+        total: int | None = None,
+        done_table: str | None = None,
+        done_column: str | None = None,
+    ) -> tuple[str, bool]:
+        """The run called `name` (created if new). Returns (run_id, resumed?).
+
+        `total` items, counted by distinct `done_column` in `done_table`, is what `charter status`
+        reports progress against.
+        """
+        with self._lock:
+            con = self._connection()
+            row = con.execute("SELECT run_id FROM runs WHERE name = ?", [name]).fetchone()
             if row:
-                self.con.execute(
-                    "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [row[0]]
+                con.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, "
+                    "total_items = coalesce(?, total_items), done_table = coalesce(?, done_table), "
+                    "done_column = coalesce(?, done_column) WHERE run_id = ?",
+                    [total, done_table, done_column, row[0]],
                 )
                 return str(row[0]), True
             # Derived from the name, not random: the shards of one run (`--shard i/n`, each in its
             # own file) get the same run id, so their rows merge into one run (`charter merge`).
             run_id = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
-            self.con.execute(
-                "INSERT INTO runs (run_id, name, command, config, status) VALUES (?, ?, ?, ?, 'running')",
-                [run_id, name, command, json.dumps(config, ensure_ascii=False, default=str)],
+            con.execute(
+                "INSERT INTO runs (run_id, name, command, config, status, total_items, done_table, "
+                "done_column) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                [
+                    run_id,
+                    name,
+                    command,
+                    json.dumps(config, ensure_ascii=False, default=str),
+                    total,
+                    done_table,
+                    done_column,
+                ],
             )
             return run_id, False
 
     def finish_run(self, run_id: str, status: str) -> None:
-        """Flush and mark a run `done`, `failed` or `interrupted`."""
+        """Flush and mark a run `done`, `failed` or `interrupted`.
+
+        The status is written even when the flush fails (a full disk), so the run never stays
+        'running'; the flush's error is raised after.
+        """
         with self._lock:
-            self.flush()
-            self.con.execute(
-                "UPDATE runs SET status = ?, finished_at = current_timestamp WHERE run_id = ?",
-                [status, run_id],
-            )
+            try:
+                self.flush()
+            finally:
+                with contextlib.suppress(StoreWriteError, duckdb.Error):
+                    self._connection().execute(
+                        "UPDATE runs SET status = ?, finished_at = current_timestamp WHERE run_id = ?",
+                        [status, run_id],
+                    )
 
     def run_id_for(self, name: str) -> str | None:
         """The id of the run called `name`, if any."""
-        row = self.con.execute("SELECT run_id FROM runs WHERE name = ?", [name]).fetchone()
+        with self._lock:
+            row = self._connection().execute("SELECT run_id FROM runs WHERE name = ?", [name]).fetchone()
         return str(row[0]) if row else None
 
     # -- the request cache -------------------------------------------------------------------
     def _load_known_keys(self) -> set[int]:
         keys: set[int] = set()
-        reader = self.con.sql("SELECT DISTINCT cache_key FROM calls WHERE error IS NULL").to_arrow_reader(
-            100_000
+        reader = (
+            self._connection()
+            .sql("SELECT DISTINCT cache_key FROM calls WHERE error IS NULL")
+            .to_arrow_reader(100_000)
         )
         for batch in reader:
             keys.update(_key_prefix(k) for k in batch.column(0).to_pylist())
@@ -282,19 +593,25 @@ class Store:
                 self._known_keys = self._load_known_keys()
             if _key_prefix(cache_key) not in self._known_keys:
                 return None
-            row = self.con.execute(
-                "SELECT call_id, run_id, responses, logprobs, prompt_tokens, completion_tokens FROM calls "
-                "WHERE cache_key = ? AND error IS NULL ORDER BY created_at LIMIT 1",
-                [cache_key],
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT call_id, run_id, responses, logprobs, prompt_tokens, completion_tokens FROM calls "
+                    "WHERE cache_key = ? AND error IS NULL ORDER BY created_at LIMIT 1",
+                    [cache_key],
+                )
+                .fetchone()
+            )
         if row is None:
             return None
         return CachedCall(str(row[0]), str(row[1]), completion_from_row(row[2], row[3], row[4], row[5]))
 
     def add_call(self, row: dict[str, Any], completion: Completion | None = None) -> None:
-        """Buffer one `calls` row; a successful one is immediately visible to `cache_get`."""
+        """Buffer (and journal) one `calls` row; a successful one is immediately visible to `cache_get`."""
         with self._lock:
             self.add_rows("calls", [row])
+            if self._journal is not None:
+                self._journal.append(row)
             if self._known_keys is not None and row.get("error") is None:
                 self._known_keys.add(_key_prefix(row["cache_key"]))
             if completion is not None and row.get("error") is None and not row.get("cached"):
@@ -310,42 +627,139 @@ class Store:
             self._pending_count += len(bucket) - before
 
     def maybe_flush(self) -> None:
-        """Flush when enough rows or time have accumulated."""
+        """Flush when enough rows or time have accumulated (not while a reader has the file)."""
         if self._pending_count >= self.flush_rows or (
             self._pending_count and time.monotonic() - self._last_flush >= self.flush_seconds
         ):
-            self.flush()
+            with self._lock:
+                if self._con is None and self._readers and self._pending_count < 20 * self.flush_rows:
+                    return  # keep buffering (and journaling) until the reader is done
+                self.flush()
 
     def flush(self) -> None:
-        """Write every buffered row in one transaction (Arrow inserts; duplicates are ignored)."""
+        """Write every buffered row in one transaction (Arrow inserts; duplicates are ignored).
+
+        Raises `StoreWriteError` when the file cannot be written; the rows stay buffered (and in the
+        journal), so nothing finished is lost and a later flush or the next run writes them.
+        """
         with self._lock:
             if not self._pending_count:
                 self._last_flush = time.monotonic()
                 return
-            pending, self._pending = self._pending, {}
-            self._pending_count = 0
-            con = self.con
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        pending = self._pending
+        con = self._connection()
+        try:
+            self._write(con, pending)
+        except StoreError:
+            raise  # an unknown column: a bug, not a bad row
+        except Exception as exc:
+            if _is_storage_failure(exc):
+                self._storage_failed(exc)
+            # One row the database refuses must not cost the others: find it, then write the rest.
+            self._set_aside(con, pending, keep_calls=True)
+            try:
+                self._write(con, pending)
+            except Exception as again:
+                if _is_storage_failure(again):
+                    self._storage_failed(again)
+                self._set_aside(con, pending, keep_calls=False)
+                self._write(con, pending)
+        self._pending = {}
+        self._pending_count = 0
+        self._pending_cache.clear()
+        if self._journal is not None:
+            self._journal.clear()
+        self._last_flush = time.monotonic()
+
+    def _write(self, con: duckdb.DuckDBPyConnection, pending: dict[str, list[dict[str, Any]]]) -> None:
+        con.execute("BEGIN")
+        try:
+            # calls first: other rows reference them.
+            for table in sorted(pending, key=lambda t: t != "calls"):
+                rows = pending[table]
+                if rows:
+                    self._insert_arrow(table, rows)
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            raise
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        # DuckDB may have invalidated the connection: drop it, the next use reopens the file.
+        if self._con is not None:
+            with contextlib.suppress(Exception):
+                self._con.close()
+            self._con = None
+        raise StoreWriteError(
+            f"cannot write to {self.path}: {_first_line(exc)}; what finished before is saved "
+            "(fix the disk, then run the same command again)"
+        ) from None
+
+    def _set_aside(
+        self, con: duckdb.DuckDBPyConnection, pending: dict[str, list[dict[str, Any]]], *, keep_calls: bool
+    ) -> None:
+        """Find the rows the database refuses (by halving trial inserts) and take them out of `pending`.
+
+        A refused `calls` row is put back as an error row (the call is asked again on resume); other
+        refused rows are left out and listed in `rejected` (their item is redone, from the cache).
+        """
+        for table, rows in pending.items():
+            refused = self._refused(con, table, rows)
+            for index, message in reversed(refused):
+                row = rows.pop(index)
+                self._pending_count -= 1
+                self.rejected.append(f"{table}: {message}")
+                if table == "calls" and keep_calls:
+                    kept = {k: row[k] for k in _CALL_IDENTITY if k in row}
+                    kept["error"] = f"not stored: {message}"[:1000]
+                    rows.insert(index, kept)
+                    self._pending_count += 1
+
+    def _refused(
+        self, con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]
+    ) -> list[tuple[int, str]]:
+        def failure(lo: int, hi: int) -> str | None:
             con.execute("BEGIN")
             try:
-                # calls first: other rows reference them.
-                for table in sorted(pending, key=lambda t: t != "calls"):
-                    rows = pending[table]
-                    if rows:
-                        self._insert_arrow(table, rows)
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
+                self._insert_arrow(table, rows[lo:hi])
+                return None
+            except StoreError:
                 raise
-            self._pending_cache.clear()
-            self._last_flush = time.monotonic()
+            except Exception as exc:
+                if _is_storage_failure(exc):
+                    raise
+                return _first_line(exc)
+            finally:
+                _rollback(con)  # a trial: nothing is kept
+
+        found: list[tuple[int, str]] = []
+        spans = [(0, len(rows))]
+        while spans:
+            lo, hi = spans.pop()
+            message = failure(lo, hi) if hi > lo else None
+            if message is None:
+                continue
+            if hi - lo == 1:
+                found.append((lo, message))
+            else:
+                mid = (lo + hi) // 2
+                spans += [(mid, hi), (lo, mid)]
+        return sorted(found)
 
     def _table_columns(self, table: str) -> list[str]:
         if table not in self._columns:
-            cols = self.con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-                "ORDER BY ordinal_position",
-                [table],
-            ).fetchall()
+            cols = (
+                self._connection()
+                .execute(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+                    "ORDER BY ordinal_position",
+                    [table],
+                )
+                .fetchall()
+            )
             if not cols:
                 raise StoreError(f"no table named {table!r}")
             self._columns[table] = [c[0] for c in cols]
@@ -365,39 +779,46 @@ class Store:
             raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
         types = self._arrow_types.get(table, {})
         batch = pa.table({c: _arrow_column([r.get(c) for r in rows], types.get(c)) for c in names})  # noqa: F841
-        self.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
+        self._connection().execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a query on the writer connection (after flushing) and fetch all rows."""
         with self._lock:
             self.flush()
-            return self.con.execute(sql, params or []).fetchall()
+            return self._connection().execute(sql, params or []).fetchall()
 
     def query_dicts(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Like `query`, as dicts keyed by column name."""
         with self._lock:
             self.flush()
-            cur = self.con.execute(sql, params or [])
+            cur = self._connection().execute(sql, params or [])
             cols = [d[0] for d in cur.description or []]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def iter_dicts(
         self, sql: str, params: list[Any] | None = None, batch_size: int = 1000
     ) -> Iterator[dict[str, Any]]:
-        """Stream a query's rows as dicts, `batch_size` at a time (flat memory on big tables)."""
-        with self._lock:
-            self.flush()
-            cur = self.con.cursor()
-        cur.execute(sql, params or [])
-        cols = [d[0] for d in cur.description or []]
-        while True:
-            chunk = cur.fetchmany(batch_size)
-            if not chunk:
-                break
-            for row in chunk:
-                yield dict(zip(cols, row, strict=True))
-        cur.close()
+        """Stream a query's rows as dicts, `batch_size` at a time (flat memory on big tables).
+
+        The result is spilled to a temporary Arrow file first and streamed from there, so no cursor
+        keeps the database open while the rows are consumed (readers may come in meanwhile).
+        """
+        spill = Path(tempfile.mkdtemp(prefix="charter-rows-"))
+        try:
+            path = spill / "rows.arrow"
+            with self._lock:
+                self.flush()
+                reader: Any = self._connection().execute(sql, params or []).to_arrow_reader(batch_size)
+                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
+                    for batch in reader:
+                        writer.write_batch(batch)
+            with pa.memory_map(str(path)) as source:
+                spilled = pa.ipc.open_file(source)
+                for i in range(spilled.num_record_batches):
+                    yield from spilled.get_batch(i).to_pylist()
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
 
     def ids_in(self, table: str, run_id: str, column: str = "prompt_id") -> set[str]:
         """The ids already stored for a run: what a resumed command skips."""

@@ -39,3 +39,10 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """(Re)create every registered view."""
     for name, sql in VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
+
+def drop_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop every view of the file, so a migration may alter the tables under them (recreated after)."""
+    names = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
+    for name in names:
+        con.execute(f'DROP VIEW IF EXISTS "{name}"')

@@ -60,7 +60,9 @@ __all__ = [
 #: Log-probability given to a chosen token that has no entry of its own in its ``top_logprobs``.
 DEFAULT_LOGPROB = -0.01
 #: The fault kinds :meth:`FakeOpenAIServer.inject` and :meth:`FakeOpenAIServer.fail_every` accept.
-FAULT_KINDS = frozenset({"429", "500", "503", "slow", "broken_json", "disconnect"})
+FAULT_KINDS = frozenset(
+    {"429", "500", "503", "slow", "broken_json", "disconnect", "no_message", "null_content", "huge_usage"}
+)
 _MAX_RECORDED = 10_000
 _MAX_N = 128
 _WORD_RE = re.compile(r"\s*\S+|\s+")
@@ -421,7 +423,10 @@ class FakeOpenAIServer:
 
         Kinds: ``"429"`` (``retry_after`` opt, default 0, sent as ``Retry-After``), ``"500"``, ``"503"``,
         ``"slow"`` (``delay_s`` opt: sleep, then answer normally), ``"broken_json"`` (status 200, truncated
-        body) and ``"disconnect"`` (close the connection without answering).
+        body), ``"disconnect"`` (close the connection without answering), and the malformed answers
+        some proxies and servers send with status 200: ``"no_message"`` (a choice with neither
+        ``message`` nor ``text``), ``"null_content"`` (``content``/``text`` null, no tool calls) and
+        ``"huge_usage"`` (a normal answer reporting 2**40 prompt tokens).
         """
         opts = self._check_fault(kind, opts)
         if count < 1:
@@ -492,7 +497,8 @@ class FakeOpenAIServer:
         except ValueError:
             body = None
         fault = self._admit(body)
-        if fault is not None:
+        huge_usage = fault is not None and fault[0] == "huge_usage"
+        if fault is not None and not huge_usage:
             kind, opts = fault
             if kind == "slow":
                 await asyncio.sleep(float(opts["delay_s"]))
@@ -508,6 +514,10 @@ class FakeOpenAIServer:
             return _error_response(400, str(exc), "invalid_request_error")
         except Exception as exc:
             return _error_response(500, f"FakeOpenAIServer responder failed: {exc!r}", "server_error")
+        if huge_usage:
+            # Some servers report nonsense token counts (seen: 2**40 prompt tokens).
+            payload["usage"]["prompt_tokens"] = 2**40
+            payload["usage"]["total_tokens"] = 2**40 + payload["usage"]["completion_tokens"]
         return _json_response(payload)
 
     def _fault_response(
@@ -530,6 +540,16 @@ class FakeOpenAIServer:
                 body=b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"index": 0, "mes',
                 content_type="application/json",
             )
+        if kind in ("no_message", "null_content"):
+            chat = request.path.rstrip("/").endswith("/chat/completions")
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+            if kind == "null_content":
+                choice.update({"message": {"role": "assistant", "content": None}} if chat else {"text": None})
+            payload = self._envelope("chat.completion" if chat else "text_completion", {})
+            payload.update(
+                choices=[choice], usage={"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}
+            )
+            return _json_response(payload)
         # "disconnect": drop the connection without writing anything.
         transport = request.transport
         if transport is not None:
