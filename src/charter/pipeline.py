@@ -124,6 +124,7 @@ class LabelStep(CallOptions):
     template: str | None = None
     from_run: str | list[str] | None = None
     limit: int | None = Field(default=None, ge=1)
+    max_flagged: float = Field(default=0.5, ge=0, le=1)
 
     @field_validator("clamp", mode="before")
     @classmethod
@@ -449,6 +450,7 @@ def run_pipeline(
                 top_logprobs=s3.top_logprobs,
                 template=s3.template,
                 from_run=runs,
+                max_flagged=s3.max_flagged,
                 **common(s3, loc),
             )
             result = StepResult("label", summary.run_name, summary)

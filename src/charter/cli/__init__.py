@@ -10,6 +10,7 @@ from charter import __version__
 from charter.cli import catalog, data, revise
 from charter.cli import rl as rl_commands
 from charter.cli import run as run_command
+from charter.cli import runs as runs_command
 from charter.cli import scale as scale_commands
 from charter.cli.common import USER_ERRORS
 
@@ -44,6 +45,7 @@ catalog.register(app)
 scale_commands.register(app)
 rl_commands.register(app)
 run_command.register(app)
+runs_command.register(app)
 
 
 def _register_plugin_commands() -> None:
