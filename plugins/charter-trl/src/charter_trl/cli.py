@@ -7,6 +7,7 @@ stays fast. Each command is a thin layer over `charter_trl.run_training` / `char
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -73,23 +74,57 @@ def _highlights(kind: str, metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys)
 
 
+# The libraries' output of one `charter train` run, kept next to the trained model.
+LOG_FILE = "charter-train.log"
+
+
 def _train(kind: str, **kwargs: Any) -> None:
-    """Run `kind` with a command's own parameters (its `locals()`); a failed run exits 1."""
+    """Run `kind` with a command's own parameters (its `locals()`); a failed run exits 1.
+
+    The terminal gets one line per logging step and a summary; TRL's metric dicts, tqdm bars and
+    warnings go to OUT/charter-train.log (a temporary file until OUT exists, so bad input that
+    fails before training leaves no directory behind).
+    """
     _env()
+    import tempfile
+
+    from charter_trl.output import ProgressLines, quiet
     from charter_trl.training import TrainingFailed, is_main_process, run_training
 
     params = common.parse_params(kwargs.pop("param", None))
-    try:
-        metrics = run_training(kind, params=params, **kwargs)
-    except TrainingFailed as exc:
-        _fail(f"{exc} (recorded in training_runs as 'failed')")
+    out = Path(kwargs["out"])
+    with tempfile.NamedTemporaryFile("w", prefix="charter-train-", suffix=".log", delete=False) as log:
+        log_path = Path(log.name)
+        progress = ProgressLines()
+        try:
+            with quiet(log):  # type: ignore[arg-type]  # a text file, whatever its wrapper
+                metrics = run_training(kind, params=params, callbacks=[progress], **kwargs)
+        except TrainingFailed as exc:
+            kept = _keep_log(log_path, out)
+            _fail(f"{exc} (recorded in training_runs as 'failed'; details in {kept})")
+        except BaseException:
+            log_path.unlink(missing_ok=True)  # bad input: the message says it all, nothing is kept
+            raise
+    kept = _keep_log(log_path, out)
     if is_main_process():
         typer.echo(
             f"trained {kind} on {metrics.get('train_rows')} rows, {metrics.get('steps')} steps, "
             f"{_fmt(metrics.get('runtime_s'))}s: {_highlights(kind, metrics)} -> {metrics['out_dir']} "
-            f"(training run {metrics['training_run_id']})",
+            f"(training run {metrics['training_run_id']}; log {kept})",
             err=True,
         )
+
+
+def _keep_log(log_path: Path, out: Path) -> Path:
+    """Move the run's log into OUT when OUT exists (else leave it where it is); returns where it is."""
+    if not out.is_dir():
+        return log_path
+    target = out / LOG_FILE
+    try:
+        shutil.move(str(log_path), target)
+    except OSError:
+        return log_path
+    return target
 
 
 @train_app.command("sft")
