@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
         ),
         template: str | None = typer.Option(None, "--template", help="Prompt template name to use instead."),
         from_run: list[str] | None = typer.Option(
-            None, "--from-run", help="Only pairs of this sample run (name or id). Repeatable."
+            None, "--from-run", metavar="NAME", help="Only pairs of this sample run (name or id). Repeatable."
         ),
         seed: int = SeedOpt,
         limit: int | None = LimitOpt,

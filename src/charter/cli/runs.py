@@ -147,7 +147,9 @@ def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs_cmd(
         args: list[str] = typer.Argument(
-            ..., help="DB to list its runs, or: rm NAME... (with --db DB) to remove runs."
+            ...,
+            metavar="DB | rm NAME...",
+            help="DB to list its runs, or: rm NAME... (with --db DB) to remove runs.",
         ),
         db: Path | None = typer.Option(
             None, "--db", help="DuckDB file (for rm; or give it first: rm DB NAME)."

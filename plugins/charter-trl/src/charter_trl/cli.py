@@ -38,6 +38,7 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for data order, initialisation an
 TrainParamOpt = typer.Option(
     None,
     "--param",
+    metavar="KEY=VALUE",
     help="key=value for any charter option or TRL config field (JSON values parsed). Repeatable.",
 )
 
