@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from charter_trl.cli import LOG_FILE
+from charter_trl.output import LOG_FILE
 from charter_trl_testdata import fill_db, query_dicts, run_cli
 
 

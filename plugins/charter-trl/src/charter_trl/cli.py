@@ -7,7 +7,6 @@ stays fast. Each command is a thin layer over `charter_trl.run_training` / `char
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -59,6 +58,13 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
+def _fail_details(log: str | None) -> NoReturn:
+    """The line after a training failure's error: where the libraries' output (the traceback) is."""
+    if log:
+        typer.echo(f"  details: {log}", err=True)
+    sys.exit(1)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -75,57 +81,29 @@ def _highlights(kind: str, metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys)
 
 
-# The libraries' output of one `charter train` run, kept next to the trained model.
-LOG_FILE = "charter-train.log"
-
-
 def _train(kind: str, **kwargs: Any) -> None:
     """Run `kind` with a command's own parameters (its `locals()`); a failed run exits 1.
 
     The terminal gets one line per logging step and a summary; TRL's metric dicts, tqdm bars and
-    warnings go to OUT/charter-train.log (a temporary file until OUT exists, so bad input that
-    fails before training leaves no directory behind).
+    warnings go to OUT/charter-train.log (see `charter_trl.output.run_quietly`).
     """
     _env()
-    import tempfile
-
-    from charter_trl.output import ProgressLines, quiet
-    from charter_trl.training import TrainingFailed, is_main_process, run_training
+    from charter_trl.output import run_quietly
+    from charter_trl.training import TrainingFailed, is_main_process
 
     params = common.parse_params(kwargs.pop("param", None))
-    out = Path(kwargs["out"])
-    with tempfile.NamedTemporaryFile("w", prefix="charter-train-", suffix=".log", delete=False) as log:
-        log_path = Path(log.name)
-        progress = ProgressLines()
-        try:
-            with quiet(log):  # type: ignore[arg-type]  # a text file, whatever its wrapper
-                metrics = run_training(kind, params=params, callbacks=[progress], **kwargs)
-        except TrainingFailed as exc:
-            kept = _keep_log(log_path, out)
-            _fail(f"{exc} (recorded in training_runs as 'failed'; details in {kept})")
-        except BaseException:
-            log_path.unlink(missing_ok=True)  # bad input: the message says it all, nothing is kept
-            raise
-    kept = _keep_log(log_path, out)
+    try:
+        metrics = run_quietly(kind, params=params, **kwargs)
+    except TrainingFailed as exc:
+        typer.echo(f"\ncharter: error: {exc} (recorded in training_runs as 'failed')", err=True)
+        _fail_details(getattr(exc, "log", None))
     if is_main_process():
         typer.echo(
             f"trained {kind} on {metrics.get('train_rows')} rows, {metrics.get('steps')} steps, "
             f"{_fmt(metrics.get('runtime_s'))}s: {_highlights(kind, metrics)} -> {metrics['out_dir']} "
-            f"(training run {metrics['training_run_id']}; log {kept})",
+            f"(training run {metrics['training_run_id']}; log {metrics['log']})",
             err=True,
         )
-
-
-def _keep_log(log_path: Path, out: Path) -> Path:
-    """Move the run's log into OUT when OUT exists (else leave it where it is); returns where it is."""
-    if not out.is_dir():
-        return log_path
-    target = out / LOG_FILE
-    try:
-        shutil.move(str(log_path), target)
-    except OSError:
-        return log_path
-    return target
 
 
 @train_app.command("sft")

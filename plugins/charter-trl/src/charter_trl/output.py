@@ -8,8 +8,11 @@ to the terminal's stderr instead. Used by `charter train` and `charter demo`.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -87,3 +90,48 @@ class ProgressLines(TrainerCallback):
         if line is not None:
             self.lines += 1
             self.echo(line)
+
+
+# The libraries' output of one training run, kept next to the trained model.
+LOG_FILE = "charter-train.log"
+
+
+def run_quietly(kind: str, **kwargs: Any) -> dict[str, Any]:
+    """`run_training(kind, **kwargs)` with step lines on stderr and the libraries' output in OUT/charter-train.log.
+
+    The log is a temporary file until OUT exists, so bad input that fails before training leaves no
+    directory behind (and no log: the error says it all). The metrics gain `log` (where it is kept);
+    a `TrainingFailed` error gets it as its `log` attribute.
+    """
+    from .training import TrainingFailed, run_training
+
+    out = Path(kwargs["out"])
+    with tempfile.NamedTemporaryFile("w", prefix="charter-train-", suffix=".log", delete=False) as log:
+        log_path = Path(log.name)
+        callbacks = [*kwargs.pop("callbacks", ()), ProgressLines()]
+        try:
+            with quiet(log):  # type: ignore[arg-type]  # a text file, whatever its wrapper
+                metrics = run_training(kind, callbacks=callbacks, **kwargs)
+        except TrainingFailed as exc:
+            import traceback
+
+            traceback.print_exception(exc.__cause__ or exc, file=log)
+            log.flush()
+            exc.log = str(_keep_log(log_path, out))  # type: ignore[attr-defined]
+            raise
+        except BaseException:
+            log_path.unlink(missing_ok=True)
+            raise
+    return {**metrics, "log": str(_keep_log(log_path, out))}
+
+
+def _keep_log(log_path: Path, out: Path) -> Path:
+    """Move the run's log into OUT when OUT exists (else leave it where it is); returns where it is."""
+    if not out.is_dir():
+        return log_path
+    target = out / LOG_FILE
+    try:
+        shutil.move(str(log_path), target)
+    except OSError:
+        return log_path
+    return target
