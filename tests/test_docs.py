@@ -47,7 +47,17 @@ def test_readme_lists_every_table_and_column_of_the_schema(tmp_path: Path) -> No
     assert sorted(documented) == sorted(actual), "README documents relations the schema does not have"
 
 
-COMMANDS = [["revise"], ["sample"], ["label"], ["run"], ["runs"], ["sql"], ["export"], ["merge"], ["train", "sft"]]
+COMMANDS = [
+    ["revise"],
+    ["sample"],
+    ["label"],
+    ["run"],
+    ["runs"],
+    ["sql"],
+    ["export"],
+    ["merge"],
+    ["train", "sft"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))

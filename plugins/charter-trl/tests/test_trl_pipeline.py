@@ -12,6 +12,7 @@ from charter_trl_testdata import query_dicts, run_cli
 REPO = Path(__file__).resolve().parents[3]
 
 
+@pytest.mark.timeout(900)  # about a minute alone; much more when the machine is busy
 def test_cai_loop_example_runs_end_to_end(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -21,6 +22,7 @@ def test_cai_loop_example_runs_end_to_end(
         "CHARTER_LIMIT": "4",
         "CHARTER_TRAIN_STEPS": "2",
         "CHARTER_PPO_STEPS": "1",
+        "CHARTER_FEW_SHOT": "false",
         "HF_HUB_OFFLINE": "1",
     }.items():
         monkeypatch.setenv(name, value)
