@@ -400,8 +400,13 @@ def _check_outputs(
 
     for i, entry in enumerate(pipeline.steps):
         loc = f"{where}: steps[{i}].{entry.kind}"
-        if isinstance(entry.body, TrainStep) and importlib.util.find_spec("charter_trl") is None:
-            raise PipelineError(f"{loc}: train steps need the charter-trl plugin (pip install charter-trl)")
+        if isinstance(entry.body, TrainStep):
+            if importlib.util.find_spec("charter_trl") is None:
+                raise PipelineError(
+                    f"{loc}: train steps need the charter-trl plugin (pip install charter-trl)"
+                )
+            if not (entry.body.model or pipeline.defaults.model):
+                raise PipelineError(f"{loc}.model: no base model (set it on the step or under defaults)")
         if isinstance(entry.body, ExportStep) and Path(entry.body.out).exists() and not force:
             question = f"{entry.body.out} exists; overwrite it?"
             if confirm is None or not confirm(question):
