@@ -371,8 +371,9 @@ def test_unparseable_answers_are_retried_then_flagged(
         "label", "--db", pairs_db, "--model", CHAT_MODEL, "--api-base", srv.base_url,
         "--no-few-shot", "--max-parse-retries", "2", "--run-name", "flag",
     )  # fmt: skip
-    assert result.code == 0, result.stderr
+    assert result.code == 1, result.stderr  # a run that labeled nothing is not a success
     assert "3 pairs flagged" in result.stderr
+    assert query_dicts(pairs_db, "SELECT status FROM runs WHERE name = 'flag'") == [{"status": "flagged"}]
     assert srv.request_count == 9  # 3 pairs x (1 + 2 retries)
     labels = query_dicts(pairs_db, "SELECT * FROM pair_labels")
     assert len(labels) == 3

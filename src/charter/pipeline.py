@@ -1,4 +1,4 @@
-"""`charter run PIPELINE.yaml`: revise -> sample -> label (-> export) composed in one config file.
+"""`charter run PIPELINE.yaml`: revise -> sample -> label (-> export, -> train) composed in one config file.
 
     db: cai.duckdb                    # --db overrides it
     defaults:                         # shared by every step; a step may override any of them
@@ -19,6 +19,12 @@ or its kind, e.g. `revise`) or any run in the database; a `sample` step with nei
 `from_run` samples the prompts of the last `revise` step before it, a `label` step without
 `from_run` labels the pairs of the file's `sample` steps, an `export` without `run` exports the last
 matching run (label for preferences, revise for sft).
+
+A `train` step (`kind: sft | reward | ppo | dpo`, `model`, `out`, and the options of `charter train`)
+needs charter-trl; `run` defaults to the last revise step (sft) or label step (reward, dpo), and a
+ppo step's `reward_model` defaults to the out dir of the reward step before it. So the whole SL -> RL
+loop is one file: examples/cai-loop.yaml. An export `out` that exists is not overwritten without
+`charter run --force` (or a yes at the terminal).
 
 Strings may use `${VAR}` and `${VAR:-default}` (environment variables). Relative input paths
 (`prompts`, `constitution` files, `prompts_dir`) are relative to the pipeline file; outputs (`db`,
@@ -126,6 +132,7 @@ class LabelStep(CallOptions):
     template: str | None = None
     from_run: str | list[str] | None = None
     limit: int | None = Field(default=None, ge=1)
+    max_flagged: float = Field(default=0.5, ge=0, le=1)
 
     @field_validator("clamp", mode="before")
     @classmethod
@@ -155,8 +162,32 @@ class ExportStep(_Strict):
     where: str | None = None
 
 
-StepKind = Literal["revise", "sample", "label", "export"]
-_KINDS: tuple[StepKind, ...] = ("revise", "sample", "label", "export")
+class TrainStep(_Strict):
+    """`charter train KIND` (needs charter-trl): `model` is the base model, `out` the directory to write.
+
+    `run` defaults to the last revise step (sft) or label step (reward, dpo); `reward_model` may
+    name an earlier reward step (its `name` or `reward`) instead of a directory.
+    """
+
+    kind: Literal["sft", "reward", "ppo", "dpo"]
+    name: str | None = None
+    model: str | None = None
+    out: str
+    run: str | None = None
+    where: str | None = None
+    reward_model: str | None = None
+    all_rounds: bool = False
+    hard_labels: bool | None = None
+    eval_prompts: str | None = None
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    seed: int | None = None
+    params: dict[str, Any] | None = None
+
+
+StepKind = Literal["revise", "sample", "label", "export", "train"]
+_KINDS: tuple[StepKind, ...] = ("revise", "sample", "label", "export", "train")
 
 
 class StepEntry(_Strict):
@@ -166,15 +197,16 @@ class StepEntry(_Strict):
     sample: SampleStep | None = None
     label: LabelStep | None = None
     export: ExportStep | None = None
+    train: TrainStep | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _one_kind(cls, data: Any) -> Any:
         if not isinstance(data, dict) or len(data) != 1:
-            raise ValueError("each step is a mapping with one key: revise, sample, label or export")
+            raise ValueError("each step is a mapping with one key: revise, sample, label, export or train")
         ((kind, body),) = data.items()
         if kind not in _KINDS:
-            raise ValueError(f"unknown step {kind!r}; expected revise, sample, label or export")
+            raise ValueError(f"unknown step {kind!r}; expected revise, sample, label, export or train")
         if body is None:
             return {kind: {}}
         return data
@@ -292,10 +324,11 @@ class StepResult:
     summary: RunSummary | None = None
     rows: int | None = None
     out: str | None = None
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.summary is None or self.summary.ok
+        return self.error is None and (self.summary is None or self.summary.ok)
 
 
 def _resolve_input(base: Path, value: str | None) -> str | None:
@@ -361,6 +394,63 @@ def _check_inputs(pipeline: Pipeline, base: Path, where: str) -> None:
         seen.add(entry.kind)
 
 
+def _check_outputs(
+    pipeline: Pipeline, where: str, force: bool, confirm: Callable[[str], bool] | None
+) -> None:
+    """Export files that exist are overwritten only with `force` or a yes from `confirm`; train steps need charter-trl."""
+    import importlib.util
+
+    for i, entry in enumerate(pipeline.steps):
+        loc = f"{where}: steps[{i}].{entry.kind}"
+        if isinstance(entry.body, TrainStep):
+            if importlib.util.find_spec("charter_trl") is None:
+                raise PipelineError(
+                    f"{loc}: train steps need the charter-trl plugin (pip install charter-trl)"
+                )
+            if not (entry.body.model or pipeline.defaults.model):
+                raise PipelineError(f"{loc}.model: no base model (set it on the step or under defaults)")
+        if isinstance(entry.body, ExportStep) and Path(entry.body.out).exists() and not force:
+            question = f"{entry.body.out} exists; overwrite it?"
+            if confirm is None or not confirm(question):
+                raise PipelineError(f"{loc}.out: {entry.body.out} exists; pass --force to overwrite it")
+
+
+def _train(
+    entry: TrainStep, defaults: Defaults, target: str | Path, run: str | None, reward: str | None
+) -> StepResult:
+    """Run one train step through charter-trl (quiet output, log in its out dir)."""
+    from charter_trl.output import run_quietly
+    from charter_trl.training import TrainingFailed
+
+    model = entry.model or defaults.model
+    if not model:
+        raise PipelineError("train step: no model (set it on the step or under defaults)")
+    kwargs: dict[str, Any] = {
+        "db": target,
+        "model": model,
+        "out": entry.out,
+        "run": run,
+        "where": entry.where,
+        "params": entry.params,
+        "max_steps": entry.max_steps,
+        "batch_size": entry.batch_size,
+        "learning_rate": entry.learning_rate,
+        "seed": entry.seed if entry.seed is not None else (defaults.seed or 0),
+    }
+    if entry.kind == "sft":
+        kwargs["all_rounds"] = entry.all_rounds
+    if entry.kind == "reward" and entry.hard_labels is not None:
+        kwargs["hard_labels"] = entry.hard_labels
+    if entry.kind == "ppo":
+        kwargs["reward_model"] = reward
+        kwargs["eval_prompts"] = entry.eval_prompts
+    try:
+        metrics = run_quietly(entry.kind, **kwargs)
+    except TrainingFailed as exc:
+        return StepResult("train", None, out=entry.out, error=str(exc))
+    return StepResult("train", str(metrics["training_run_id"]), rows=metrics.get("train_rows"), out=entry.out)
+
+
 def run_pipeline(
     path: str | Path,
     *,
@@ -368,10 +458,13 @@ def run_pipeline(
     progress: bool = False,
     on_step: Callable[[int, StepResult], None] | None = None,
     env: dict[str, str] | None = None,
+    force: bool = False,
+    confirm: Callable[[str], bool] | None = None,
 ) -> list[StepResult]:
     """Run a pipeline file's steps in order; stops after the first step that does not finish.
 
-    `db` overrides the file's `db`. Returns one `StepResult` per step that ran.
+    `db` overrides the file's `db`. An export `out` that exists is overwritten only with `force`
+    or when `confirm(question)` says yes. Returns one `StepResult` per step that ran.
     """
     from charter import rl, sl
     from charter.export import export
@@ -384,8 +477,10 @@ def run_pipeline(
     if target is None:
         raise PipelineError(f"{where}: db: no database (set db in the file or pass --db)")
     _check_inputs(pipeline, base, where)
+    _check_outputs(pipeline, where, force, confirm)
 
     results: list[StepResult] = []
+    trained: dict[str, str] = {}  # train step name or kind -> its out dir
     by_name: dict[str, str] = {}  # step name or kind -> run name (latest of that kind)
     sample_runs: list[str] = []
 
@@ -453,9 +548,23 @@ def run_pipeline(
                 cot_samples=s3.cot_samples,
                 template=s3.template,
                 from_run=runs,
+                max_flagged=s3.max_flagged,
                 **common(s3, loc),
             )
             result = StepResult("label", summary.run_name, summary)
+        elif isinstance(entry.body, TrainStep):
+            t = entry.body
+            default_run = {"sft": "revise", "reward": "label", "dpo": "label"}.get(t.kind)
+            run_ref = ref(t.run) if t.run is not None else by_name.get(default_run or "")
+            reward = t.reward_model
+            if reward is not None:
+                reward = trained.get(reward, reward)
+            elif t.kind == "ppo":
+                reward = trained.get("reward")
+            result = _train(t, pipeline.defaults, target, run_ref, reward)
+            trained[t.kind] = t.out
+            if t.name:
+                trained[t.name] = t.out
         else:
             assert isinstance(entry.body, ExportStep)
             e = entry.body
@@ -471,7 +580,7 @@ def run_pipeline(
         results.append(result)
         if on_step is not None:
             on_step(i, result)
-        if result.run_name is not None and entry.kind != "export":
+        if result.run_name is not None and entry.kind not in ("export", "train"):
             by_name[entry.kind] = result.run_name
             body_name = getattr(entry.body, "name", None)
             if body_name:
@@ -489,6 +598,7 @@ __all__ = [
     "ReviseStep",
     "SampleStep",
     "StepResult",
+    "TrainStep",
     "load_pipeline",
     "run_pipeline",
 ]

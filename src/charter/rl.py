@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from charter.backends.base import Backend
 from charter.backends.params import redact
+from charter.backends.preflight import check_model
 from charter.backends.registry import get_backend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
@@ -66,6 +67,17 @@ class LabelSummary(RunSummary):
     labeled: int = 0
     flagged: int = 0
     sources: dict[str, int] | None = None
+    max_flagged: float = 0.5
+
+    @property
+    def too_many_flagged(self) -> bool:
+        """More than `max_flagged` of this run's pairs ended without a readable label."""
+        seen = self.labeled + self.flagged
+        return seen > 0 and self.flagged / seen > self.max_flagged
+
+
+# A label run whose pairs mostly ended unreadable is recorded with this status, not 'done'.
+FLAGGED_STATUS = "flagged"
 
 
 def _bool_param(params: dict[str, Any], key: str) -> bool | None:
@@ -190,6 +202,8 @@ def sample(
     step = SamplePairs(n=n, temperature=temperature, pairs=strategy, n_supported=n_supported, system=system)
     chain: Chain[SampleItem] = Chain([step])
     check_templates(chain, mode, prompts_dir)
+    if backend is None:
+        check_model(model, api_base=api_base, params=params)
     with ExitStack() as stack:
         source: PromptSource | None = None
         source_run_id: str | None = None
@@ -338,6 +352,7 @@ def label(
     prompts_dir: str | None = None,
     backend: Backend | None = None,
     progress: bool = False,
+    max_flagged: float = 0.5,
 ) -> LabelSummary:
     """Label every pair in `db` not yet labeled by this run (all sample runs, or those in `from_run`).
 
@@ -349,7 +364,11 @@ def label(
     A log-probability label is read only where both options hold at least `min_option_mass` of the
     probability at the answer position; below it the answer is parsed (or the pair is `unparsed`).
     `cot_samples=K` (method "cot"): K reasonings at temperature 1, each clamped, then averaged.
+    When more than `max_flagged` (a fraction) of the run's pairs end flagged (no readable answer),
+    the run is recorded with status 'flagged' instead of 'done' and the summary is not `ok`.
     """
+    if not 0 <= max_flagged <= 1:
+        raise ValueError(f"--max-flagged {max_flagged}: expected a fraction from 0 to 1")
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: expected logprobs or cot")
     if mode is not None and mode not in ("chat", "completion"):
@@ -360,6 +379,8 @@ def label(
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     )
+    if backend is None:
+        check_model(model, api_base=api_base, params=params)
     inner = backend or get_backend(model, api_base=api_base, params=params)
     wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)
     chosen_mode = mode or default_label_mode(model, wrapped)
@@ -447,7 +468,13 @@ def label(
         labeled = sum(int(c) for s, _, c in stats if s == "ok")
         flagged = sum(int(c) for s, _, c in stats if s != "ok")
         sources = {str(src): int(c) for s, src, c in stats if s == "ok"}
-        return LabelSummary(**vars(summary), labeled=labeled, flagged=flagged, sources=sources)
+        result = LabelSummary(
+            **vars(summary), labeled=labeled, flagged=flagged, sources=sources, max_flagged=max_flagged
+        )
+        if result.status == "done" and result.too_many_flagged:
+            result.status = FLAGGED_STATUS
+            store.finish_run(summary.run_id, FLAGGED_STATUS)
+        return result
 
 
 __all__ = [

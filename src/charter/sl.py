@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from charter.backends.base import Backend
 from charter.backends.params import redact
+from charter.backends.preflight import check_model
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.merge import Shard
@@ -119,6 +120,8 @@ def revise(
     owned = shard_obj.owns if shard_obj is not None else None
     source = PromptSource.open(prompts)
     scan = scan_prompts(source, limit, owned)  # validate everything before writing anything
+    if backend is None:
+        check_model(model, api_base=api_base, params=params)
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     )

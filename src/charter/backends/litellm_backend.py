@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
+import socket
+import ssl
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
@@ -21,6 +25,9 @@ from charter.backends.params import CHARTER_PARAMS, CLIENT_PARAMS, SECRET_PARAMS
 __all__ = ["CHARTER_PARAMS", "CLIENT_PARAMS", "SECRET_PARAMS", "LiteLLMBackend", "split_params"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+# Seconds to wait for one answer (LiteLLM's and openai's default is 600: a hung server then stalls
+# a run for ten minutes per item). `--param timeout=SECONDS` overrides it.
+DEFAULT_TIMEOUT = 120.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,8 +69,13 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
-def classify_error(exc: Exception) -> BackendError:
-    """Map a litellm/openai/httpx exception to a `BackendError` that says whether to retry."""
+def classify_error(
+    exc: Exception, *, endpoint: str | None = None, timeout: float | None = None
+) -> BackendError:
+    """Map a litellm/openai/httpx exception to a `BackendError` that says what happened and whether to retry.
+
+    `endpoint` and `timeout` (when known) go into the message of connection failures and timeouts.
+    """
     if isinstance(exc, BackendError):
         return exc
     litellm = import_litellm()
@@ -86,24 +98,138 @@ def classify_error(exc: Exception) -> BackendError:
         litellm.ContentPolicyViolationError,
         litellm.UnsupportedParamsError,
     )
+    known = explain_failure(exc, endpoint=endpoint, timeout=timeout)
+    if known is not None:
+        return backend_error(exc, known[1], message=known[0])
     if isinstance(exc, fatal_types):
+        retryable = False
+    elif isinstance(exc, litellm.BadRequestError):
+        # Includes "LLM Provider NOT provided" (an unknown provider): asking again cannot help.
         retryable = False
     elif isinstance(exc, retryable_types) or (isinstance(status, int) and status in RETRYABLE_STATUS):
         retryable = True
-    elif isinstance(exc, litellm.BadRequestError):
-        retryable = False
     else:
         # Unparseable bodies, dropped connections and other transport trouble surface as
         # assorted exception types; trying again is the safe default for those.
         retryable = not isinstance(exc, (ValueError, TypeError, KeyError)) or "json" in str(exc).lower()
-    return backend_error(exc, retryable)
+    return backend_error(exc, retryable, endpoint=endpoint)
 
 
-def backend_error(exc: Exception, retryable: bool) -> BackendError:
-    """`exc` as a `BackendError`: its type and first line, its HTTP status and Retry-After if any."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from (the client libraries wrap the socket's error)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+# Texts of errors raised before any request left (no key configured); LiteLLM reports them as
+# InternalServerError, the openai client as a bare OpenAIError.
+_NO_KEY = re.compile(r"missing credentials|missing [\w ]{0,30}api[ _]key", re.IGNORECASE)
+
+
+def explain_failure(
+    exc: BaseException, *, endpoint: str | None = None, timeout: float | None = None
+) -> tuple[str, bool] | None:
+    """(message, retryable) for failures known by what happened, not by the client's wording.
+
+    Connection refused (retryable: a server may be starting), DNS failure (retryable only when
+    the resolver said "try again"), TLS (not retryable), timeout (retryable, naming the endpoint
+    and the seconds), HTTP 401/403 and a missing key (not retryable). None for anything else.
+    """
+    where = endpoint or "the endpoint"
+    chain = list(_causes(exc))
+    for cause in chain:
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused: nothing is listening at {where} (is the server running?)", True
+        if isinstance(cause, socket.gaierror):
+            host = _host(endpoint) or "the endpoint's host"
+            temporary = cause.errno == getattr(socket, "EAI_AGAIN", None)
+            return f"DNS lookup failed for {host}: {cause.strerror or cause}", temporary
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: the certificate of {where} is not trusted: {cause.verify_message or cause}", False
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake with {where} failed: {cause.reason or cause}", False
     status = getattr(exc, "status_code", None)
-    text = str(exc).strip()
-    message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    if status in (401, 403):
+        detail = server_message(exc) or _first_line(exc)
+        what = "authentication failed" if status == 401 else "permission denied"
+        at = f" at {endpoint}" if endpoint else ""
+        return f"{what}{at} (HTTP {status}): {detail}; check the API key", False
+    if _NO_KEY.search(str(exc)):
+        return f"no API key: {_first_line(exc)}", False
+    if any(isinstance(c, TimeoutError) or "timeout" in type(c).__name__.lower() for c in chain):
+        seconds = f" within {timeout:g} s" if timeout else ""
+        return f"timed out: no answer from {where}{seconds} (raise it with --param timeout=SECONDS)", True
+    return None
+
+
+def _host(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    from urllib.parse import urlparse
+
+    return urlparse(endpoint).hostname
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s text without LiteLLM's "litellm.SomeError: " prefix."""
+    text = re.sub(r"^(litellm\.\w+:\s*)+", "", str(exc).strip())
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _message_in(body: Any) -> str | None:
+    """The human-readable message in an error body: OpenAI's `error.message`, FastAPI's `detail`, ..."""
+    if isinstance(body, str):
+        return body.strip() or None
+    if isinstance(body, list):  # FastAPI validation errors: [{"loc": [...], "msg": "..."}]
+        parts = [str(item.get("msg")) for item in body if isinstance(item, dict) and item.get("msg")]
+        return "; ".join(parts) or None
+    if not isinstance(body, dict):
+        return None
+    for key in ("error", "detail", "message", "msg"):
+        if key in body:
+            found = _message_in(body[key])
+            if found:
+                return found
+    return None
+
+
+def server_message(exc: BaseException) -> str | None:
+    """What the server said in its error body, whatever its shape (OpenAI's, FastAPI's, plain text)."""
+    for cause in _causes(exc):
+        found = _message_in(getattr(cause, "body", None))
+        if found:
+            return found
+        response = getattr(cause, "response", None)
+        if response is None:
+            continue
+        try:
+            found = _message_in(response.json())
+        except Exception:
+            try:
+                found = _message_in(str(response.text))
+            except Exception:
+                found = None
+        if found:
+            return found
+    return None
+
+
+def backend_error(
+    exc: Exception, retryable: bool, *, message: str | None = None, endpoint: str | None = None
+) -> BackendError:
+    """`exc` as a `BackendError`: its type and first line (or the server's own message), HTTP status, Retry-After."""
+    status = getattr(exc, "status_code", None)
+    if message is None:
+        text = str(exc).strip()
+        message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        said = server_message(exc) if isinstance(status, int) else None
+        if said and said not in message:
+            where = f" from {endpoint}" if endpoint else ""
+            message = f"{type(exc).__name__} (HTTP {status}{where}): {said}"
     return BackendError(
         message[:500],
         retryable=retryable,
@@ -163,7 +289,7 @@ class LiteLLMBackend:
         *,
         api_base: str | None = None,
         client_options: dict[str, Any] | None = None,
-        timeout: float = 600.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.name = model
         self.model = model
@@ -208,7 +334,9 @@ class LiteLLMBackend:
                     **params,
                 )
         except Exception as exc:
-            raise classify_error(exc) from exc
+            raise classify_error(
+                exc, endpoint=self.client_options.get("api_base"), timeout=self.client_options.get("timeout")
+            ) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         return self._parse(request, response, latency_ms)
 

@@ -22,7 +22,13 @@ import time
 from typing import Any
 
 from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
-from charter.backends.litellm_backend import RETRYABLE_STATUS, LiteLLMBackend, backend_error
+from charter.backends.litellm_backend import (
+    DEFAULT_TIMEOUT,
+    RETRYABLE_STATUS,
+    LiteLLMBackend,
+    backend_error,
+    explain_failure,
+)
 
 # Model-string prefix -> (provider name, the env vars LiteLLM reads for its key and base URL).
 FAST_PROVIDERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -88,20 +94,25 @@ def make_backend(
     return LiteLLMBackend(model, api_base=api_base, client_options=options, **kw)
 
 
-def classify_openai_error(exc: Exception) -> BackendError:
+def classify_openai_error(
+    exc: Exception, *, endpoint: str | None = None, timeout: float | None = None
+) -> BackendError:
     """Map an `openai`/httpx/JSON exception to a `BackendError`, the way `classify_error` maps LiteLLM's."""
     import openai
 
     if isinstance(exc, BackendError):
         return exc
+    known = explain_failure(exc, endpoint=endpoint, timeout=timeout)
+    if known is not None:
+        return backend_error(exc, known[1], message=known[0])
     retryable = True
     if isinstance(exc, openai.APIStatusError):
         # LiteLLM: auth/permission/not-found/bad-request are fatal, 429/5xx and friends retry.
         status = exc.status_code
         retryable = status in RETRYABLE_STATUS or (isinstance(status, int) and status >= 500)
-    # Everything else retries: connection trouble and timeouts, and a truncated or malformed body
+    # Everything else retries: dropped connections, and a truncated or malformed body
     # (JSON, Unicode, missing keys; LiteLLM reports these as InternalServerError: retried).
-    return backend_error(exc, retryable)
+    return backend_error(exc, retryable, endpoint=endpoint)
 
 
 class OpenAIFastBackend:
@@ -113,7 +124,7 @@ class OpenAIFastBackend:
         *,
         api_base: str,
         client_options: dict[str, Any] | None = None,
-        timeout: float = 600.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         prefix = fast_prefix(model)
         if prefix is None:
@@ -206,7 +217,7 @@ class OpenAIFastBackend:
         except BackendError:
             raise
         except Exception as exc:
-            raise classify_openai_error(exc) from exc
+            raise classify_openai_error(exc, endpoint=self.api_base, timeout=self._timeout) from exc
         completion.latency_ms = (time.perf_counter() - started) * 1000
         return completion
 

@@ -29,6 +29,7 @@ from typing import Any
 from charter.backends.base import BackendError, Completion, CompletionRequest
 from charter.backends.litellm_backend import (
     CHARTER_PARAMS,
+    DEFAULT_TIMEOUT,
     SECRET_PARAMS,
     LiteLLMBackend,
     classify_error,
@@ -102,7 +103,7 @@ class RouterBackend:
         api_base: str | list[str] | None = None,
         client_options: dict[str, Any] | None = None,
         router: str | Path | dict[str, Any] | None = None,
-        timeout: float = 600.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         options = dict(client_options or {})
         router = router if router is not None else options.get("router")

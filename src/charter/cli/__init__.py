@@ -11,6 +11,7 @@ from charter import __version__
 from charter.cli import catalog, data, evals, report, revise, status
 from charter.cli import rl as rl_commands
 from charter.cli import run as run_command
+from charter.cli import runs as runs_command
 from charter.cli import scale as scale_commands
 from charter.cli.common import USER_ERRORS
 from charter.session import RunInterrupted
@@ -50,6 +51,7 @@ run_command.register(app)
 report.register(app)
 evals.register(app)
 status.register(app)
+runs_command.register(app)
 
 
 def _register_plugin_commands() -> None:

@@ -69,23 +69,32 @@ def progress_enabled() -> bool:
 
 
 # Options every model-calling command takes (the contract's names).
-ModelOpt = typer.Option(..., "--model", "-m", help="Any LiteLLM model string, or local/<path-or-hub-id>.")
-ApiBaseOpt = typer.Option(None, "--api-base", help="Base URL of an OpenAI-compatible (or other) endpoint.")
+ModelOpt = typer.Option(
+    ..., "--model", "-m", metavar="MODEL", help="Any LiteLLM model string, or local/<path-or-hub-id>."
+)
+ApiBaseOpt = typer.Option(
+    None, "--api-base", metavar="URL", help="Base URL of an OpenAI-compatible (or other) endpoint."
+)
 # Commands that can spread calls over several endpoints take --api-base more than once (LiteLLM's
 # Router balances and fails over between them), or --router FILE, and can run one shard of n.
 ApiBasesOpt = typer.Option(
     None,
     "--api-base",
+    metavar="URL",
     help="Base URL of an OpenAI-compatible (or other) endpoint. Repeat it to spread calls over several "
     "endpoints (LiteLLM Router; --param endpoint_concurrency=N is each one's share).",
 )
 RouterOpt = typer.Option(
     None,
     "--router",
+    metavar="FILE",
     help="LiteLLM Router config (YAML/JSON: model_list, router_settings); --model names a group.",
 )
 ShardOpt = typer.Option(
-    None, "--shard", help="i/n: only the prompts whose id hashes to shard i of n (merge with charter merge)."
+    None,
+    "--shard",
+    metavar="I/N",
+    help="i/n: only the prompts whose id hashes to shard i of n (merge with charter merge).",
 )
 
 
@@ -107,12 +116,23 @@ def with_router(params: dict[str, Any], router: str | None) -> dict[str, Any]:
 
 
 ParamOpt = typer.Option(
-    None, "--param", help="key=value passed to the backend (JSON values parsed). Repeatable."
+    None,
+    "--param",
+    metavar="KEY=VALUE",
+    help="key=value passed to the backend (JSON values parsed). Repeatable.",
 )
-ConcurrencyOpt = typer.Option(16, "--concurrency", min=1, help="Backend requests in flight at once.")
-MaxRetriesOpt = typer.Option(6, "--max-retries", min=0, help="Retries per call on 429/5xx/timeouts.")
-RpmOpt = typer.Option(None, "--rpm", min=0.001, help="Requests-per-minute limit (off by default).")
-RunNameOpt = typer.Option(None, "--run-name", help="Name of the run (default: derived from the inputs).")
+ConcurrencyOpt = typer.Option(
+    16, "--concurrency", min=1, metavar="N", help="Backend requests in flight at once."
+)
+MaxRetriesOpt = typer.Option(
+    6, "--max-retries", min=0, metavar="N", help="Retries per call on 429/5xx/timeouts."
+)
+RpmOpt = typer.Option(
+    None, "--rpm", min=0.001, metavar="RPM", help="Requests-per-minute limit (off by default)."
+)
+RunNameOpt = typer.Option(
+    None, "--run-name", metavar="NAME", help="Name of the run (default: derived from the inputs)."
+)
 PromptsDirOpt = typer.Option(
-    None, "--prompts-dir", help="Directory with .jinja templates overriding built-ins by name."
+    None, "--prompts-dir", metavar="DIR", help="Directory with .jinja templates overriding built-ins by name."
 )

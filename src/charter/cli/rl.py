@@ -24,12 +24,15 @@ def _mode(value: str | None) -> Literal["chat", "completion"] | None:
     return "chat" if value == "chat" else "completion"
 
 
-def _finish(summary: RunSummary, db: Path, lines: list[str]) -> None:
+def _finish(summary: RunSummary, db: Path, lines: list[str], *, nothing_done: bool = False) -> None:
+    """The summary and the command's own lines; exit 1 when items failed or the run did nothing useful."""
     try:
         print_summary(summary, db)
     finally:
         for line in lines:
             typer.echo(line, err=True)
+    if nothing_done:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -153,7 +156,7 @@ def register(app: typer.Typer) -> None:
         ),
         template: str | None = typer.Option(None, "--template", help="Prompt template name to use instead."),
         from_run: list[str] | None = typer.Option(
-            None, "--from-run", help="Only pairs of this sample run (name or id). Repeatable."
+            None, "--from-run", metavar="NAME", help="Only pairs of this sample run (name or id). Repeatable."
         ),
         seed: int = SeedOpt,
         limit: int | None = LimitOpt,
@@ -164,6 +167,13 @@ def register(app: typer.Typer) -> None:
         max_retries: int = common.MaxRetriesOpt,
         rpm: float | None = common.RpmOpt,
         prompts_dir: str | None = common.PromptsDirOpt,
+        max_flagged: float = typer.Option(
+            0.5,
+            "--max-flagged",
+            min=0.0,
+            max=1.0,
+            help="Fail (exit 1, run status 'flagged') when more than this fraction of pairs get no label.",
+        ),
     ) -> None:
         """RL-CAI: label every unlabeled pair in DB with the feedback model's soft preference."""
         from charter.rl import METHODS, label
@@ -199,14 +209,21 @@ def register(app: typer.Typer) -> None:
             options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
             prompts_dir=prompts_dir,
             progress=common.progress_enabled(),
+            max_flagged=max_flagged,
         )
         sources = ", ".join(f"{k} {v}" for k, v in sorted((summary.sources or {}).items()))
         lines = [f"  {summary.labeled} pairs labeled ({sources or 'none'})"]
-        if summary.total == 0:
-            lines.append("  no pairs to label in this database: run charter sample first")
         if summary.flagged:
             lines.append(
                 f"  {summary.flagged} pairs flagged: no readable answer after retries; see "
                 f"SELECT * FROM pair_labels WHERE status <> 'ok' AND run_id = '{summary.run_id}'"
             )
-        _finish(summary, db, lines)
+        if summary.total == 0:
+            lines.append("  no pairs to label in this database: run charter sample first")
+        elif summary.too_many_flagged:
+            share = summary.flagged / (summary.labeled + summary.flagged)
+            lines.append(
+                f"  most pairs got no label ({share:.0%} flagged > --max-flagged {summary.max_flagged:g}): "
+                f"run recorded as '{summary.status}'; check the feedback model and its prompt"
+            )
+        _finish(summary, db, lines, nothing_done=summary.total == 0 or summary.too_many_flagged)

@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
     @app.command("merge")
     def merge_cmd(
         out: Path = typer.Argument(..., help="DuckDB file to merge into (created if missing)."),
-        inputs: list[Path] = typer.Argument(..., help="Databases to merge in (e.g. one per --shard)."),
+        inputs: list[Path] = typer.Argument(
+            ..., metavar="DB...", help="Databases to merge in (e.g. one per --shard)."
+        ),
     ) -> None:
         """Merge charter databases without duplicates; same-named runs become one run; safe to repeat."""
         from charter.merge import merge_databases

@@ -37,6 +37,7 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for data order, initialisation an
 TrainParamOpt = typer.Option(
     None,
     "--param",
+    metavar="KEY=VALUE",
     help="key=value for any charter option or TRL config field (JSON values parsed). Repeatable.",
 )
 
@@ -57,6 +58,13 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
+def _fail_details(log: str | None) -> NoReturn:
+    """The line after a training failure's error: where the libraries' output (the traceback) is."""
+    if log:
+        typer.echo(f"  details: {log}", err=True)
+    sys.exit(1)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -74,20 +82,26 @@ def _highlights(kind: str, metrics: dict[str, Any]) -> str:
 
 
 def _train(kind: str, **kwargs: Any) -> None:
-    """Run `kind` with a command's own parameters (its `locals()`); a failed run exits 1."""
+    """Run `kind` with a command's own parameters (its `locals()`); a failed run exits 1.
+
+    The terminal gets one line per logging step and a summary; TRL's metric dicts, tqdm bars and
+    warnings go to OUT/charter-train.log (see `charter_trl.output.run_quietly`).
+    """
     _env()
-    from charter_trl.training import TrainingFailed, is_main_process, run_training
+    from charter_trl.output import run_quietly
+    from charter_trl.training import TrainingFailed, is_main_process
 
     params = common.parse_params(kwargs.pop("param", None))
     try:
-        metrics = run_training(kind, params=params, **kwargs)
+        metrics = run_quietly(kind, params=params, **kwargs)
     except TrainingFailed as exc:
-        _fail(f"{exc} (recorded in training_runs as 'failed')")
+        typer.echo(f"\ncharter: error: {exc} (recorded in training_runs as 'failed')", err=True)
+        _fail_details(getattr(exc, "log", None))
     if is_main_process():
         typer.echo(
             f"trained {kind} on {metrics.get('train_rows')} rows, {metrics.get('steps')} steps, "
             f"{_fmt(metrics.get('runtime_s'))}s: {_highlights(kind, metrics)} -> {metrics['out_dir']} "
-            f"(training run {metrics['training_run_id']})",
+            f"(training run {metrics['training_run_id']}; log {metrics['log']})",
             err=True,
         )
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 __all__ = ["CACHED_MODELS", "DemoFailed", "DemoSettings", "find_cached_model", "run_demo"]
 
@@ -108,34 +108,6 @@ def _data(name: str) -> Path:
     return Path(str(resources.files("charter_trl") / "demo_prompts" / name))
 
 
-@contextlib.contextmanager
-def _quiet(log: TextIO) -> Iterator[None]:
-    """Send the libraries' output (progress bars, training logs, warnings) to the log file."""
-    import logging
-
-    root = logging.getLogger()
-    handler = logging.StreamHandler(log)
-    saved_level = root.level
-    root.addHandler(handler)
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_default_handler()
-        transformers.utils.logging.add_handler(handler)
-    except ImportError:  # pragma: no cover
-        transformers = None  # type: ignore[assignment]
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            yield
-    finally:
-        log.flush()
-        root.removeHandler(handler)
-        root.setLevel(saved_level)
-        if transformers is not None:
-            transformers.utils.logging.remove_handler(handler)
-            transformers.utils.logging.enable_default_handler()
-
-
 def _resolve(model: str | None, tiny: bool, out: Path) -> tuple[str, str, bool]:
     """(model directory, first line to print, is_tiny)."""
     if model is not None:
@@ -200,6 +172,8 @@ def run_demo(
     default a cached small instruct model, else (or with `tiny=True`) a tiny random model.
     Raises `ValueError` for a bad `model` and `DemoFailed` when a stage fails.
     """
+    from .output import quiet as _quiet  # imports transformers: not at module import
+
     stream = sys.stdout
     say: Callable[[str], None] = echo or (lambda text: print(text, file=stream, flush=True))
     out_dir = Path(out)

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,42 @@ def _validate_trl_fields(kind: str, options: TrainOptions) -> None:
     else:
         from .ppo import PPOConfig as config_class  # type: ignore[assignment]
     validate_extra(config_class, options.extra)
+
+
+def check_counts(
+    kind: str,
+    options: TrainOptions,
+    rows: list[dict[str, Any]],
+    *,
+    mix_rows: list[dict[str, Any]] | None = None,
+    eval_prompts: list[Any] | None = None,
+    source: str = "the database",
+) -> None:
+    """Fail on too few rows for `kind` now, not after the models have loaded (the trainers check again)."""
+    hint = {
+        "sft_examples": "charter revise",
+        "revisions": "charter revise",
+        "prompts": "charter revise or sample",
+    }
+    if not rows and not mix_rows:
+        first = hint.get(source, "charter sample and charter label")
+        raise ValueError(
+            f"no rows to train {kind} on: {source} has none for this selection (run {first} first)"
+        )
+    if isinstance(options, DPOOptions):
+        kept = sum(1 for r in rows if float(r.get("chosen_prob") or 0) >= options.min_chosen_prob)
+        if not kept:
+            raise ValueError(f"no pairs left with chosen_prob >= {options.min_chosen_prob}")
+    if isinstance(options, PPOOptions):
+        from .ppo import _split_eval
+
+        train = rows if eval_prompts is not None else _split_eval(rows, options)[0]  # type: ignore[arg-type]
+        local_batch = options.batch_size * options.gradient_accumulation_steps
+        if local_batch > len(train):
+            raise ValueError(
+                f"PPO needs at least batch_size x gradient_accumulation_steps = {local_batch} training prompts, "
+                f"got {len(train)}; lower --batch-size"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +313,7 @@ def run_training(
     reward_model: str | os.PathLike[str] | None = None,
     prompts_from_run: str | None = None,
     eval_prompts: str | os.PathLike[str] | Iterable[Any] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """Train `kind` (`sft`, `reward`, `ppo`, `dpo`) on rows of `db`, write `out`, record the run.
@@ -293,7 +330,8 @@ def run_training(
     `run` keeps rows of one run (name or id), `where` adds an SQL condition on the source's columns.
     `options` are fields of the kind's options class (`max_steps`, `batch_size`, `learning_rate`,
     `seed`, `hard_labels`, `kl_coef`, ...); `params` are `--param` pairs (options fields or any TRL
-    config field). Returns the trainer's metrics plus `training_run_id`, `out_dir` and `status`.
+    config field). `callbacks` go to the TRL trainer (e.g. `charter_trl.output.ProgressLines`).
+    Returns the trainer's metrics plus `training_run_id`, `out_dir` and `status`.
 
     Raises `ValueError` for bad input, before anything is written, and `TrainingFailed` when
     training itself fails (the run is then recorded as 'failed').
@@ -348,6 +386,7 @@ def run_training(
             if not held_out:
                 raise ValueError("no eval prompts")
     _barrier()  # every process has read before the main one opens the file for writing
+    check_counts(kind, opts, rows, mix_rows=mix_rows, eval_prompts=held_out, source=source)
 
     # 2. Check the models and the TRL fields (still nothing written).
     _validate_trl_fields(kind, opts)
@@ -407,21 +446,29 @@ def run_training(
         if isinstance(opts, SFTOptions):
             from .sft import train_sft
 
-            metrics = train_sft(rows, model_name, out_path, opts, mix_rows=mix_rows, callbacks=[started])
+            metrics = train_sft(
+                rows, model_name, out_path, opts, mix_rows=mix_rows, callbacks=[started, *callbacks]
+            )
         elif isinstance(opts, RewardOptions):
             from .reward import train_reward
 
-            metrics = train_reward(rows, model_name, out_path, opts, callbacks=[started])
+            metrics = train_reward(rows, model_name, out_path, opts, callbacks=[started, *callbacks])
         elif isinstance(opts, DPOOptions):
             from .dpo import train_dpo
 
-            metrics = train_dpo(rows, model_name, out_path, opts, callbacks=[started])
+            metrics = train_dpo(rows, model_name, out_path, opts, callbacks=[started, *callbacks])
         else:
             from .ppo import train_ppo
 
             assert isinstance(opts, PPOOptions) and reward_dir is not None
             metrics = train_ppo(
-                rows, model_name, reward_dir, out_path, opts, eval_prompts=held_out, callbacks=[started]
+                rows,
+                model_name,
+                reward_dir,
+                out_path,
+                opts,
+                eval_prompts=held_out,
+                callbacks=[started, *callbacks],
             )
     except BaseException as exc:
         if not started.began:
