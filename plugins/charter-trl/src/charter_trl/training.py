@@ -168,12 +168,20 @@ def check_counts(
 
 
 def resolve_model(name: str | os.PathLike[str]) -> str:
-    """A model directory (made absolute) or hub id; a `local/` prefix (charter's model string) is dropped."""
+    """A model directory (made absolute) or hub id; a `local/` prefix (charter's model string) is dropped.
+
+    A `.gguf` file (a path, or `<ns>/<repo>/<file>.gguf` in the HF cache) becomes the directory of its
+    dequantized checkpoint, converted once (`charter_transformers.gguf`); a bad one is a `ValueError`.
+    """
     text = str(name)
     if text.startswith("local/") and not Path(text).exists():
         text = text.removeprefix("local/")
     if not text:
         raise ValueError("--model: empty model name")
+    from charter_transformers.gguf import dequantized_dir, is_gguf_name
+
+    if is_gguf_name(text):
+        return str(dequantized_dir(text))
     path = Path(text).expanduser()
     return str(path.resolve()) if path.exists() else text
 
