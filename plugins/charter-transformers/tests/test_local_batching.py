@@ -113,7 +113,6 @@ def test_concurrent_requests_meet_at_the_default_window(
     import time
 
     from charter_transformers import provider
-    from charter_transformers.engine import _arrivals
 
     real_plan = provider._plan
 
@@ -137,6 +136,8 @@ def test_concurrent_requests_meet_at_the_default_window(
     assert seen == [len(PROMPTS)]
     assert all(c.texts for c in together)
     # Each request's announcement was settled when it was queued: nothing left to wait for.
+    from charter_transformers.engine import _arrivals
+
     assert _arrivals.pending == 0
     sequential(backend, reqs[:2])
     assert seen == [len(PROMPTS), 1, 1]
