@@ -103,3 +103,47 @@ def test_engine_split_respects_limits(model_string: str) -> None:
         assert sizes == [1, 1, 1, 1, 1]
     finally:
         engine.configure(max_batch_size=old[0], max_batch_tokens=old[1])
+
+
+def test_concurrent_requests_meet_at_the_default_window(
+    model_string: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests sent together form one batch even when litellm and tokenizing take longer than the
+    5 ms window (a busy machine): announced requests extend the wait until they are queued."""
+    import time
+
+    from charter_transformers import provider
+
+    real_plan = provider._plan
+
+    def slow_plan(*args: object, **kwargs: object) -> provider._Plan:
+        time.sleep(0.03)  # each request reaches the queue well after the window closed
+        return real_plan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(provider, "_plan", slow_plan)
+    backend = LocalBackend(model_string, batch_window_ms=5)
+    engine = get_engine_of(backend)
+    seen: list[int] = []
+    real_dispatch = engine._dispatch
+
+    def dispatch(jobs: list[object]) -> None:
+        seen.append(len(jobs))
+        real_dispatch(jobs)
+
+    monkeypatch.setattr(engine, "_dispatch", dispatch)
+    reqs = requests(model_string, temperature=0)
+    together = concurrent(backend, reqs)
+    assert seen == [len(PROMPTS)]
+    assert all(c.texts for c in together)
+    # Each request's announcement was settled when it was queued: nothing left to wait for.
+    from charter_transformers.engine import _arrivals
+
+    assert _arrivals.pending == 0
+    sequential(backend, reqs[:2])
+    assert seen == [len(PROMPTS), 1, 1]
+
+
+def get_engine_of(backend: LocalBackend):  # type: ignore[no-untyped-def]
+    from charter_transformers.engine import get_engine
+
+    return get_engine(get_model(backend.model_id))

@@ -100,6 +100,12 @@ def register(app: typer.Typer) -> None:
                 f"  {summary.prompts_without_pairs} prompts gave identical responses (no pair); "
                 "raise --temperature or --n"
             )
+            # Some servers ignore temperature: `transformers serve` decodes greedily unless the
+            # model's generation config has do_sample=true.
+            lines.append(
+                "  if they all match, the server may decode greedily whatever the temperature "
+                "(transformers serve does unless the model's generation_config.json sets do_sample)"
+            )
         _finish(summary, db, lines)
 
     @app.command("label")

@@ -69,9 +69,12 @@ class LocalBackend(LiteLLMBackend):
         # Later score_options calls follow the device/dtype the requests asked for.
         self.defaults.update({k: params[k] for k in ("device", "dtype") if params.get(k) is not None})
         request = request.model_copy(update={"params": params, "model": self.model})
+        from charter_transformers.engine import arriving
+
         errors = raised_errors()
         try:
-            return await super().complete(request)
+            with arriving():  # a batch forming now waits for this request (see engine._collect)
+                return await super().complete(request)
         except BackendError as exc:
             # litellm rewraps provider errors as a retryable APIConnectionError with a prefixed
             # message; the original says exactly what is wrong and whether retrying can help.
@@ -96,9 +99,12 @@ class LocalBackend(LiteLLMBackend):
             with loaded.tokenizer_lock:
                 return engine, option_rows(loaded.tokenizer, prompt, options, loaded.eos_token_ids)
 
+        from charter_transformers.engine import arriving
+
         try:
-            engine, rows = await asyncio.to_thread(prepare)
-            return await engine.score(rows)
+            with arriving():
+                engine, rows = await asyncio.to_thread(prepare)
+                return await engine.score(rows)
         except BackendError:
             raise
         except Exception as exc:

@@ -4,6 +4,10 @@ One worker thread per loaded model owns the model: callers (any thread, any even
 queue and wait on a `concurrent.futures.Future`, so the asyncio loop never blocks on torch. The
 worker takes the first job, waits up to `window_ms` for more (or until `max_batch_size` rows), then
 runs the jobs in batches bounded by `max_batch_size` rows and `max_batch_tokens` padded tokens.
+Requests announced by `arriving()` (LocalBackend does, before litellm) but not queued yet extend
+that wait, up to `MAX_ARRIVAL_WAIT_MS`: concurrent calls spend a few milliseconds each in litellm
+and tokenization, so a fixed window alone splits what was sent together into several batches, and
+each extra batch costs a whole `generate` call.
 
 Generation uses one `model.generate` call per batch with left padding (decoder-only models continue
 from the last position, so every row's prompt must end there) and the attention mask, from which
@@ -18,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import os
 import queue
 import secrets
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +55,48 @@ DEFAULT_WINDOW_MS = _env_number("CHARTER_LOCAL_BATCH_WINDOW_MS", 5.0)
 DEFAULT_MAX_BATCH_SIZE = int(_env_number("CHARTER_LOCAL_MAX_BATCH_SIZE", 16))
 # Padded tokens (rows x (longest prompt + most new tokens)) per batch: bounds KV-cache memory.
 DEFAULT_MAX_BATCH_TOKENS = int(_env_number("CHARTER_LOCAL_MAX_BATCH_TOKENS", 16384))
+# The longest a batch waits for announced requests to reach the queue; a request that never does
+# (it failed in litellm, or loads another model) delays one batch by at most this much.
+MAX_ARRIVAL_WAIT_MS = 250.0
+
+
+class _Arrivals:
+    """How many announced requests have not reached an engine's queue yet (all engines together)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def add(self) -> list[bool]:
+        with self._lock:
+            self.pending += 1
+        return [True]
+
+    def settle(self, ticket: list[bool]) -> None:
+        with self._lock:
+            if ticket[0]:
+                ticket[0] = False
+                self.pending -= 1
+
+
+_arrivals = _Arrivals()
+# The ticket of the request being made in this context; a mutable list so that copies of the
+# context (litellm's tasks and threads) settle the same one.
+_ticket: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "charter_local_ticket", default=None
+)
+
+
+@contextmanager
+def arriving() -> Iterator[None]:
+    """Announce a request that will reach an engine soon, so a forming batch waits for it."""
+    ticket = _arrivals.add()
+    token = _ticket.set(ticket)
+    try:
+        yield
+    finally:
+        _ticket.reset(token)
+        _arrivals.settle(ticket)
 
 
 @dataclass
@@ -179,6 +227,9 @@ class Engine:
         if self._closed:
             raise BackendError("the local model engine is closed", retryable=False)
         self._ensure_started()
+        ticket = _ticket.get()
+        if ticket is not None:
+            _arrivals.settle(ticket)  # before queueing: the worker must not wait for this job itself
         self._queue.put(job)
         return job.future
 
@@ -208,15 +259,28 @@ class Engine:
     # -- the worker ---------------------------------------------------------------------------
 
     def _collect(self, first: Any) -> tuple[list[Any], bool]:
-        """The first job plus whatever arrives within the window, up to `max_batch_size` rows."""
+        """The first job plus whatever arrives within the window (longer while announced requests
+        are on their way, see `arriving`), up to `max_batch_size` rows."""
         jobs = [first]
         rows = first.rows
-        deadline = time.monotonic() + self.window_ms / 1000
+        start = time.monotonic()
+        deadline = start + self.window_ms / 1000
+        # No window means no waiting at all, announced requests or not.
+        latest = start + MAX_ARRIVAL_WAIT_MS / 1000 if self.window_ms > 0 else start
+        # Polling step while waiting for announced requests: a request that gives up instead of
+        # arriving must not hold the batch until `latest`.
+        step = min(self.window_ms / 1000, 0.002)
         while rows < self.max_batch_size:
-            timeout = deadline - time.monotonic()
+            now = time.monotonic()
+            timeout = deadline - now
+            if timeout <= 0 and _arrivals.pending > 0 and now < latest:
+                timeout = min(step, latest - now)
             try:
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
+                now = time.monotonic()
+                if now < deadline or (_arrivals.pending > 0 and now < latest):
+                    continue
                 break
             if item is _STOP:
                 return jobs, True

@@ -124,6 +124,8 @@ class RowSampler:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         import torch
 
+        if not self.sampled and not self.with_logprobs:
+            return scores  # all greedy, nothing to record: generate's own argmax is the answer
         scores_f = scores.float()
         chosen = scores_f.argmax(dim=-1)
         for i in self.sampled:
