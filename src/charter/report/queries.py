@@ -11,16 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 
-
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+def _rows(con: Any, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
     cur = con.execute(sql, params or [])
     cols = [d[0] for d in cur.description or []]
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
-def _relations(con: duckdb.DuckDBPyConnection) -> set[str]:
+def _relations(con: Any) -> set[str]:
     names = con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
     ).fetchall()
@@ -56,9 +54,7 @@ def _run_filter(run_ids: list[str] | None, column: str = "run_id") -> tuple[str,
     return f"{column} IN ({', '.join('?' for _ in run_ids)})", list(run_ids)
 
 
-def read_report_data(
-    con: duckdb.DuckDBPyConnection, run_ids: list[str] | None = None, max_examples: int = 12
-) -> ReportData:
+def read_report_data(con: Any, run_ids: list[str] | None = None, max_examples: int = 12) -> ReportData:
     """Read every section's rows (only the runs in `run_ids`, when given)."""
     present = _relations(con)
     data = ReportData()
@@ -141,7 +137,7 @@ def read_report_data(
     return data
 
 
-def _examples(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None, limit: int) -> list[dict[str, Any]]:
+def _examples(con: Any, run_ids: list[str] | None, limit: int) -> list[dict[str, Any]]:
     """The first `limit` revised prompts: the prompt, the initial response, every round."""
     where, params = _run_filter(run_ids)
     heads = _rows(
@@ -169,7 +165,7 @@ def _json(value: Any) -> Any:
     return value
 
 
-def _training(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[dict[str, Any]]:
+def _training(con: Any, run_ids: list[str] | None) -> list[dict[str, Any]]:
     rows = _rows(
         con,
         "SELECT run_id, kind, base_model, out_dir, train_rows, status, metrics, started_at, finished_at "
