@@ -101,3 +101,21 @@ def test_statistics_by_hand() -> None:
     assert [(b.low, b.count, b.frequency) for b in bins] == [(0.1, 1, 0.0), (0.6, 1, 1.0), (0.9, 2, 0.5)]
     # |0.1-0| x 1/4 + |0.6-1| x 1/4 + |0.9-0.5| x 2/4
     assert expected_calibration_error(bins) == pytest.approx(0.025 + 0.1 + 0.2)
+
+
+def test_summaries_count_tokens_and_cost(tmp_path: Path, server: FakeOpenAIServer, cli) -> None:  # type: ignore[no-untyped-def]
+    """Every run summary says the tokens and the cost (issue 10 item 5): priced from LiteLLM's table."""
+    server.responder = planted
+    db = tmp_path / "eval.duckdb"
+    # gpt-4o-mini is in LiteLLM's price table: the fake server's token counts get a real price.
+    priced = cli(
+        "eval", "hhh", "--db", db, "--model", "text-completion-openai/gpt-3.5-turbo-instruct",
+        "--api-base", server.base_url, "--limit", "3",
+    )  # fmt: skip
+    assert priced.code == 0, priced.stderr
+    (tokens,) = query(db, "SELECT sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM calls")
+    assert tokens[2] and tokens[2] > 0
+    assert f"{tokens[0]:,} + {tokens[1]:,} tokens, ${tokens[2]:.4f}" in priced.stderr
+    unpriced = cli(*["eval", "hhh", "--db", db, "--model", COMPLETION_MODEL, "--api-base", server.base_url],
+                   "--limit", "2")  # fmt: skip
+    assert unpriced.code == 0 and "tokens, cost unknown" in unpriced.stderr

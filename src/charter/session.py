@@ -40,6 +40,26 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
     status: str = "done"
     terminated: bool = False  # SIGTERM arrived: the run stops like after Ctrl-C
+    # Tokens and cost of the calls this run made (cache hits cost nothing); cost_usd stays None
+    # while no call had a price (a local server, a model missing from LiteLLM's price table).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    def add_usage(self, result: CallResult) -> None:
+        """Count one call's tokens and cost (not for answers taken from the request cache)."""
+        if result.cached:
+            return
+        completion = result.completion
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        if completion.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + completion.cost_usd
+
+    def usage_text(self) -> str:
+        """`1,234 + 567 tokens, $0.0123` (or `cost unknown`), for summaries and progress lines."""
+        cost = "cost unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        return f"{self.prompt_tokens:,} + {self.completion_tokens:,} tokens, {cost}"
 
     @property
     def ok(self) -> bool:
@@ -196,8 +216,9 @@ async def _drive(
 ) -> None:
     bar = _Progress(summary.total - summary.skipped, show_progress, summary)
 
-    def on_call(_: CallResult) -> None:
+    def on_call(result: CallResult) -> None:
         bar.calls += 1
+        summary.add_usage(result)
 
     runner = Runner(backend, store, run_id, options, on_call=on_call)
     ctx = StepContext(
@@ -298,7 +319,8 @@ class _Progress:
         name = summary.run_name if summary else "run"
         return (
             f"charter: {name}: {done}/{self.total} items ({100 * done / max(self.total, 1):.0f}%), "
-            f"{failed} failed, {self.calls} calls, {rate * 60:.1f} items/min, "
+            f"{failed} failed, {self.calls} calls, {summary.usage_text() if summary else ''}, "
+            f"{rate * 60:.1f} items/min, "
             f"{_duration(elapsed)} elapsed, ETA {eta}"
         )
 
@@ -320,13 +342,14 @@ class _Progress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TextColumn("calls {task.fields[calls]}"),
+                TextColumn("{task.fields[usage]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=Console(file=sys.stderr),
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("items", total=self.total, rate="", calls=0)
+            self._task = self._progress.add_task("items", total=self.total, rate="", calls=0, usage="")
             self._started = time.perf_counter()
         return self
 
@@ -334,8 +357,9 @@ class _Progress:
         if self._progress is not None:
             elapsed = max(time.perf_counter() - self._started, 1e-9)
             done = self._progress.tasks[0].completed + 1
+            usage = self.summary.usage_text() if self.summary else ""
             self._progress.update(
-                self._task, advance=1, calls=self.calls, rate=f"{done / elapsed:.1f} items/s"
+                self._task, advance=1, calls=self.calls, rate=f"{done / elapsed:.1f} items/s", usage=usage
             )
 
     def __exit__(self, *exc: object) -> None:

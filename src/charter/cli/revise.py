@@ -18,7 +18,7 @@ def print_summary(summary: RunSummary, db: Path) -> None:
     typer.echo(
         f"run {summary.run_name} ({verb}): {summary.completed} done, {summary.skipped} already done, "
         f"{summary.failed} failed; {summary.calls} calls, {summary.cache_hits} cache hits, "
-        f"{summary.seconds:.1f}s -> {db}",
+        f"{summary.usage_text()}, {summary.seconds:.1f}s -> {db}",
         err=True,
     )
     for error in summary.errors[:5]:

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"step {index + 1} {result.kind}: run {summary.run_name} ({verb}): {summary.completed} done, "
                 f"{summary.skipped} already done, {summary.failed} failed; {summary.calls} calls, "
-                f"{summary.cache_hits} cache hits, {summary.seconds:.1f}s",
+                f"{summary.cache_hits} cache hits, {summary.usage_text()}, {summary.seconds:.1f}s",
                 err=True,
             )
             for attr, text in (
