@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
     """Add the `eval` command group to the app."""
     evals = typer.Typer(help="Evaluations: the paper's HHH comparisons.", no_args_is_help=True)
     app.add_typer(evals, name="eval")
+    _register_compare(evals)
 
     @evals.command("hhh")
     def hhh_cmd(
@@ -131,3 +132,64 @@ def _write_plot(bins: list, path: Path) -> None:  # type: ignore[type-arg]
     if figure is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(figure.png)
+
+
+def _register_compare(evals: typer.Typer) -> None:
+    @evals.command("compare")
+    def compare_cmd(
+        db: Path = typer.Option(..., "--db", help="DuckDB file to write the answers and judgements to."),
+        prompts: str = typer.Option(..., "--prompts", help="Prompts file the policies answer."),
+        policy: list[str] = typer.Option(
+            ..., "--policy", help="NAME=MODEL: a model string or a checkpoint directory. At least two."
+        ),
+        judge: str = typer.Option(..., "--judge", help="The feedback model that compares the answers."),
+        constitution: str = typer.Option(
+            "anthropic-rl", "--constitution", help="Feedback principles for harmlessness (name or path)."
+        ),
+        helpful: str | None = typer.Option(None, "--helpful-principle", help="The helpfulness question."),
+        name: str = typer.Option("compare", "--name", help="Prefix of the runs this comparison writes."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
+        seed: int = typer.Option(0, "--seed", help="Seed for principle draws and the bootstrap."),
+        api_base: str | None = typer.Option(
+            None, "--api-base", help="Endpoint of the policies (API models)."
+        ),
+        judge_api_base: str | None = typer.Option(None, "--judge-api-base", help="Endpoint of the judge."),
+        param: list[str] | None = common.ParamOpt,
+        judge_param: list[str] | None = typer.Option(
+            None, "--judge-param", help="key=value for the judge's requests. Repeatable."
+        ),
+        concurrency: int = common.ConcurrencyOpt,
+        max_retries: int = common.MaxRetriesOpt,
+        fmt: str = typer.Option("text", "--format", help="text | json"),
+    ) -> None:
+        """Win rates and Elo of two or more policies judged by a feedback model (harmless and helpful)."""
+        from charter.evals.compare import HELPFUL, compare, results_json
+        from charter.evals.hhh import EvalError
+
+        if fmt not in ("text", "json"):
+            raise common.UsageError(f"--format {fmt!r}: expected text or json")
+        try:
+            results = compare(
+                db=db, prompts=prompts, policies=policy, judge=judge, constitution=constitution,
+                helpful_principle=helpful or HELPFUL, name=name, limit=limit, seed=seed, api_base=api_base,
+                judge_api_base=judge_api_base, params=common.parse_params(param),
+                judge_params=common.parse_params(judge_param),
+                options=RunnerOptions(concurrency=concurrency, max_retries=max_retries),
+                progress=common.progress_enabled(),
+            )  # fmt: skip
+        except EvalError as exc:
+            raise common.UsageError(str(exc)) from None
+        except RuntimeError as exc:
+            typer.echo(f"charter: error: {exc}; run the same command again to resume", err=True)
+            raise typer.Exit(1) from None
+        if fmt == "json":
+            typer.echo(results_json(results))
+            return
+        for r in results:
+            typer.echo(f"{r.criterion}: {r.comparisons} judged comparisons (label run {r.label_run})")
+            for (a, b), p in r.win_rates.items():
+                typer.echo(f"  {a} beats {b}: {p:.3f}")
+            for rating in sorted(r.ratings, key=lambda x: -x.elo):
+                typer.echo(
+                    f"  Elo {rating.policy:<16} {rating.elo:+7.1f}  (95% CI {rating.low:+.1f} to {rating.high:+.1f})"
+                )
