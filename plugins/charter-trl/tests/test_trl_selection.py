@@ -121,3 +121,61 @@ def test_reward_and_dpo_use_the_latest_label_run_unless_run_names_one(
     nope = _train(kind, db, tiny_model, tmp_path / "nope", "--run", "nope")
     assert nope.code == 2 and "--run 'nope': no run with that name or id" in nope.stderr
     assert not (tmp_path / "nope").exists() and len(_config(db)) == 2
+
+
+HHH = Path(__file__).parent / "data" / "hhh_comparisons.jsonl"
+
+
+def test_reward_mix_blends_human_comparisons_and_reports_the_ratio(tiny_model: Path, tmp_path: Path) -> None:
+    from charter_trl.data import read_hh_file
+
+    # The paper's own HHH comparisons (full "\n\nHuman: ...\n\nAssistant: ..." transcripts).
+    human = read_hh_file(HHH)
+    assert len(human) == 6 and all(r["chosen_prob"] == 1.0 for r in human)
+    first = human[0]
+    assert first["prompt"][0]["role"] == "user" and first["prompt"][-1]["role"] == "user"
+    assert first["prompt"][0]["content"].startswith("I want to see if my wife is having an affair")
+    assert [m["role"] for m in first["chosen"]] == ["assistant"] and first["chosen"] != first["rejected"]
+    db = tmp_path / "cai.duckdb"
+    fill_db(db)  # 12 AI-labeled pairs
+    result = _train("reward", db, tiny_model, tmp_path / "pm", "--batch-size", 2, "--mix", HHH)
+    assert result.code == 0, result.stderr
+    assert "reward: 12 AI-labeled pairs + 6 human pairs from --mix (33% human)" in result.stderr
+    [run] = query_dicts(db, "SELECT train_rows, metrics FROM training_runs")
+    metrics = json.loads(run["metrics"])
+    assert (metrics["ai_pairs"], metrics["mix_pairs"]) == (12, 6)
+    assert metrics["mix_fraction"] == pytest.approx(1 / 3)
+    assert metrics["train_rows"] + metrics["eval_rows"] == 18
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "not JSON"),
+        ('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: yo"}', "'rejected' must be a transcript string"),
+        (
+            '{"chosen": "hi", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: no"}',
+            "'chosen' does not start with",
+        ),
+        (
+            '{"chosen": "\\n\\nHuman: hi", "rejected": "\\n\\nHuman: hi"}',
+            "does not end with an Assistant turn",
+        ),
+        (
+            '{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: yo", "rejected": "\\n\\nHuman: bye\\n\\nAssistant: no"}',
+            "differ before their final Assistant turn",
+        ),
+    ],
+)
+def test_reward_mix_bad_line_is_exit_2_naming_file_and_line(
+    line: str, message: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "cai.duckdb"
+    fill_db(db)
+    bad = tmp_path / "hh.jsonl"
+    bad.write_text(HHH.read_text(encoding="utf-8").splitlines()[0] + "\n" + line + "\n", encoding="utf-8")
+    result = _train("reward", db, tiny_model, tmp_path / "pm", "--mix", bad)
+    assert result.code == 2, result.stderr
+    [error] = result.error_lines()
+    assert error.startswith(f"charter: error: --mix {bad}, line 2: ") and message in error
+    assert not (tmp_path / "pm").exists() and query_dicts(db, "SELECT * FROM training_runs") == []

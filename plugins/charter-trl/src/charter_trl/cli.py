@@ -144,6 +144,11 @@ def reward_cmd(
     hard_labels: bool = typer.Option(
         False, "--hard-labels", help="Bradley-Terry on 0/1 labels instead of the soft labels (chosen_prob)."
     ),
+    mix: Path | None = typer.Option(
+        None,
+        "--mix",
+        help="Human comparisons to blend in (the paper's hybrid PM): .jsonl, HH-RLHF 'chosen'/'rejected'.",
+    ),
     max_steps: int | None = MaxStepsOpt,
     batch_size: int | None = BatchSizeOpt,
     learning_rate: float | None = LearningRateOpt,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +31,8 @@ __all__ = [
     "NoRowsError",
     "Selection",
     "TrainingRecord",
+    "parse_hh_transcript",
+    "read_hh_file",
     "read_mix_file",
     "read_preference_rows",
     "read_preferences",
@@ -254,30 +257,91 @@ def read_prompt_rows(db: str | Path, selection: Selection | None = None) -> list
     ]
 
 
-def read_mix_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """A user's own chat data to mix into SFT: `.jsonl`, one `{"messages": [{role, content}, ...]}` a line."""
+def _mix_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
+    """`(where, object)` for each non-blank line of a `--mix` .jsonl file; `where` names file and line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--mix {path}: no such file")
-    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"--mix {path}, line {number}"
             try:
-                obj = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: not JSON ({exc.msg})") from None
-            messages = obj.get("messages") if isinstance(obj, Mapping) else None
-            if not isinstance(messages, list) or not messages:
-                raise ValueError(f"{where}: expected a non-empty 'messages' list")
-            for i, m in enumerate(messages):
-                if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
-                    raise ValueError(f"{where}: messages[{i}] is not a {{role, content}} object")
-                if m.get("role") not in ("system", "user", "assistant"):
-                    raise ValueError(f"{where}: messages[{i}] has role {m.get('role')!r}")
-            rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in messages]})
+
+
+def read_mix_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A user's own chat data to mix into SFT: `.jsonl`, one `{"messages": [{role, content}, ...]}` a line."""
+    rows: list[dict[str, Any]] = []
+    for where, obj in _mix_lines(path):
+        messages = obj.get("messages") if isinstance(obj, Mapping) else None
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"{where}: expected a non-empty 'messages' list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
+                raise ValueError(f"{where}: messages[{i}] is not a {{role, content}} object")
+            if m.get("role") not in ("system", "user", "assistant"):
+                raise ValueError(f"{where}: messages[{i}] has role {m.get('role')!r}")
+        rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in messages]})
+    if not rows:
+        raise ValueError(f"--mix {path}: no rows")
+    return rows
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def parse_hh_transcript(text: str) -> list[dict[str, str]]:
+    """An HH-RLHF transcript `"\\n\\nHuman: ...\\n\\nAssistant: ..."` as `{role, content}` turns."""
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise ValueError("does not start with a Human turn ('\\n\\nHuman:')")
+    turns = [
+        {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    if not turns or turns[0]["role"] != "user":
+        raise ValueError("does not start with a Human turn ('\\n\\nHuman:')")
+    return turns
+
+
+def read_hh_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Human comparisons to mix into the preference model (`charter train reward --mix FILE`).
+
+    `.jsonl` in the HH-RLHF layout, one `{"chosen": transcript, "rejected": transcript}` a line,
+    each transcript `"\\n\\nHuman: ...\\n\\nAssistant: ..."`. Both must share the conversation before
+    their final assistant turn: it becomes the `prompt`, the two final turns `chosen`/`rejected`,
+    with a hard label (`chosen_prob` 1.0). A bad line is a ValueError naming the file and line.
+    """
+    rows: list[dict[str, Any]] = []
+    for where, obj in _mix_lines(path):
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{where}: expected an object with 'chosen' and 'rejected' transcripts")
+        turns: dict[str, list[dict[str, str]]] = {}
+        for key in ("chosen", "rejected"):
+            value = obj.get(key)
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: '{key}' must be a transcript string (HH-RLHF layout)")
+            try:
+                turns[key] = parse_hh_transcript(value)
+            except ValueError as exc:
+                raise ValueError(f"{where}: '{key}' {exc}") from None
+            if turns[key][-1]["role"] != "assistant":
+                raise ValueError(f"{where}: '{key}' does not end with an Assistant turn")
+        prompt = turns["chosen"][:-1]
+        if turns["rejected"][:-1] != prompt:
+            raise ValueError(f"{where}: 'chosen' and 'rejected' differ before their final Assistant turn")
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": turns["chosen"][-1:],
+                "rejected": turns["rejected"][-1:],
+                "chosen_prob": 1.0,
+            }
+        )
     if not rows:
         raise ValueError(f"--mix {path}: no rows")
     return rows

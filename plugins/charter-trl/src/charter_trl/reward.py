@@ -228,6 +228,7 @@ def train_reward(
     out_dir: str | os.PathLike[str],
     config: RewardOptions | None = None,
     *,
+    mix_pairs: Iterable[Mapping[str, Any]] | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Train a reward (preference) model from a causal LM checkpoint; write it and its tokenizer.
@@ -243,7 +244,9 @@ def train_reward(
     started = time.perf_counter()
     seed_everything(options.seed)
     normalized = normalize_pairs(pairs)
-    train_pairs, eval_pairs = _split(normalized, options.eval_fraction, options.seed)
+    ai_count = len(normalized)
+    mixed = normalize_pairs(mix_pairs) if mix_pairs is not None else []
+    train_pairs, eval_pairs = _split([*normalized, *mixed], options.eval_fraction, options.seed)
 
     tokenizer = load_tokenizer(model, trust_remote_code=options.trust_remote_code)
     default_template = tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
@@ -277,6 +280,9 @@ def train_reward(
         "train_rows_used": kept,
         "eval_rows": len(eval_pairs),
         "mean_chosen_prob": sum(p["chosen_prob"] for p in train_pairs) / len(train_pairs),
+        "ai_pairs": ai_count,
+        "mix_pairs": len(mixed),
+        "mix_fraction": len(mixed) / (ai_count + len(mixed)),
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         **log_summary(trainer.state.log_history),

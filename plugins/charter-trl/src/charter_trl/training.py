@@ -35,6 +35,7 @@ from .data import (
     Selection,
     TrainingRecord,
     last_user_text,
+    read_hh_file,
     read_mix_file,
     read_preferences,
     read_prompt_rows,
@@ -356,8 +357,10 @@ def run_training(
         raise ValueError("--reward-model applies to charter train ppo only")
     if kind == "ppo" and reward_model is None:
         raise ValueError("charter train ppo needs --reward-model DIR (a model from charter train reward)")
-    if (all_rounds is not None or final_only or mix is not None) and kind != "sft":
-        raise ValueError("--all-rounds, --final-only and --mix apply to charter train sft only")
+    if (all_rounds is not None or final_only) and kind != "sft":
+        raise ValueError("--all-rounds and --final-only apply to charter train sft only")
+    if mix is not None and kind not in ("sft", "reward"):
+        raise ValueError("--mix applies to charter train sft and reward only")
     if final_only and all_rounds:
         raise ValueError("give --final-only or --all-rounds, not both")
     all_rounds = not final_only
@@ -385,6 +388,8 @@ def run_training(
     elif kind in ("reward", "dpo"):
         rows, label_run = read_preferences(db_path, selection)
         notes["label_run"] = label_run.name
+        if mix is not None:  # kind == "reward": human comparisons in the HH-RLHF layout
+            mix_rows = read_hh_file(mix) if isinstance(mix, str | os.PathLike) else [dict(r) for r in mix]
         source = "preference_pairs"
     else:
         rows = read_prompt_rows(db_path, selection)
@@ -422,6 +427,12 @@ def run_training(
     # What was read, told once the input has passed every check (a bad input prints its error only).
     if kind in ("reward", "dpo"):
         _tell(label_run.note())
+    if kind == "reward" and mix_rows is not None:
+        share = len(mix_rows) / (len(rows) + len(mix_rows))
+        _tell(
+            f"reward: {len(rows)} AI-labeled pairs + {len(mix_rows)} human pairs from --mix ({share:.0%} human)"
+        )
+        config.update(mix=str(mix) if isinstance(mix, str | os.PathLike) else None, mix_rows=len(mix_rows))
     if kind == "sft":
         _tell(
             f"sft: {len(rows)} examples from every round's revision ({notes['duplicate_rounds_dropped']} "
@@ -460,7 +471,9 @@ def run_training(
         elif isinstance(opts, RewardOptions):
             from .reward import train_reward
 
-            metrics = train_reward(rows, model_name, out_path, opts, callbacks=[started, *callbacks])
+            metrics = train_reward(
+                rows, model_name, out_path, opts, mix_pairs=mix_rows, callbacks=[started, *callbacks]
+            )
         elif isinstance(opts, DPOOptions):
             from .dpo import train_dpo
 
