@@ -103,13 +103,18 @@ def scan_prompts(
     """
     digest = hashlib.sha256()
     seen: dict[str, str] = {}
-    count = 0
-    for scanned, record in enumerate(dedup(source.records(), seen_contents=seen, source=source.path)):
+    count = scanned = 0
+    for record in dedup(source.records(), seen_contents=seen, source=source.path):
         if limit is not None and scanned >= limit:
             break
+        scanned += 1
         digest.update(record.prompt_id.encode())
         if owns is None or owns(record.prompt_id):
             count += 1
+    if not scanned:
+        # An empty file (or an empty pipe) is a mistake, not an empty job that "succeeds".
+        where = "<stdin>" if source.path == "-" else source.path
+        raise InputError(f"{where}: no prompts (the input is empty)")
     return PromptScan(count=count, content_hash=digest.hexdigest()[:16])
 
 
@@ -157,7 +162,7 @@ def _from_object(obj: Any, where: str, line: int) -> PromptRecord:
         if isinstance(raw, str):
             try:
                 raw = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise InputError(f"{where}: line {line}: messages: not a JSON list") from None
         if not isinstance(raw, list):
             raise InputError(f"{where}: line {line}: messages: must be a list of {{role, content}}")
@@ -187,6 +192,8 @@ def _from_jsonl_lines(lines: Iterable[str], where: str) -> Iterator[PromptRecord
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: line {number}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise InputError(f"{where}: line {number}: invalid JSON: nested too deeply") from None
         yield _from_object(obj, where, number)
 
 
@@ -207,19 +214,29 @@ def _from_txt(path: str) -> Iterator[PromptRecord]:
         yield from _from_txt_lines(f, path)
 
 
+# Python's csv module refuses fields over 128 KiB by default; a long document is a fair prompt.
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+
+
 def _from_csv(path: str) -> Iterator[PromptRecord]:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or (
-            "prompt" not in reader.fieldnames and "messages" not in reader.fieldnames
-        ):
-            raise InputError(f"{path}: line 1: missing column 'prompt'")
-        for row in reader:
-            # reader.line_num counts physical lines, so multi-line quoted prompts report correctly.
-            obj = {k: v for k, v in row.items() if k in ("prompt", "messages", "id") and v not in (None, "")}
-            if "prompt" not in obj and "messages" not in obj:
-                raise InputError(f"{path}: line {reader.line_num}: prompt: must be a non-empty string")
-            yield _from_object(obj, path, reader.line_num)
+        try:
+            yield from _csv_records(reader, path)
+        except csv.Error as exc:
+            raise InputError(f"{path}: line {reader.line_num + 1}: not valid CSV: {exc}") from None
+
+
+def _csv_records(reader: csv.DictReader[str], path: str) -> Iterator[PromptRecord]:
+    if not reader.fieldnames or ("prompt" not in reader.fieldnames and "messages" not in reader.fieldnames):
+        raise InputError(f"{path}: line 1: missing column 'prompt'")
+    for row in reader:
+        # reader.line_num counts physical lines, so multi-line quoted prompts report correctly.
+        obj = {k: v for k, v in row.items() if k in ("prompt", "messages", "id") and v not in (None, "")}
+        if "prompt" not in obj and "messages" not in obj:
+            raise InputError(f"{path}: line {reader.line_num}: prompt: must be a non-empty string")
+        yield _from_object(obj, path, reader.line_num)
 
 
 def _from_parquet(path: str) -> Iterator[PromptRecord]:

@@ -367,17 +367,46 @@ def _call_kwargs(defaults: Defaults, step: CallOptions, base: Path, where: str) 
     }
 
 
-def _check_inputs(pipeline: Pipeline, base: Path, where: str) -> None:
-    """Validate every input before anything runs: prompts files, constitutions, run references."""
-    from charter.constitution import load_constitution
-    from charter.inputs import PromptSource, scan_prompts
+def pick_dir(defaults: Defaults, step: CallOptions) -> str | None:
+    """The step's prompts_dir, else the defaults' (as `_call_kwargs` picks it)."""
+    return step.prompts_dir if step.prompts_dir is not None else defaults.prompts_dir
 
+
+def _check_inputs(pipeline: Pipeline, base: Path, where: str, target: str | Path) -> None:
+    """Validate every input before anything runs: prompts files, constitutions, run references."""
+    from charter.backends.params import check_params
+    from charter.constitution import load_constitution
+    from charter.inputs import PromptSource, check_output_path, scan_prompts
+    from charter.prompts import PromptError, list_prompts, load_prompt
+    from charter.store.store import check_db_path
+    from charter.store.where import where_sql
+
+    check_db_path(target)
     seen: set[str] = set()  # step kinds so far
     for i, entry in enumerate(pipeline.steps):
         step = entry.body
         loc = f"{where}: steps[{i}].{entry.kind}"
         if isinstance(step, CallOptions):
-            _call_kwargs(pipeline.defaults, step, base, loc)
+            kwargs = _call_kwargs(pipeline.defaults, step, base, loc)
+            check_params(kwargs["params"], option=f"{loc}.params:")
+            if kwargs["prompts_dir"] is not None:
+                # Every override in the step's --prompts-dir loads and dry-renders now, so a broken
+                # one stops the file before step 1 writes (not when the step that uses it starts).
+                for name, path in list_prompts(kwargs["prompts_dir"]):
+                    if path.parent == Path(kwargs["prompts_dir"]):
+                        try:
+                            load_prompt(name, kwargs["prompts_dir"])
+                        except PromptError as exc:
+                            raise PipelineError(f"{loc}.prompts_dir: {exc}") from None
+        if isinstance(step, LabelStep) and step.template is not None:
+            load_prompt(step.template, _resolve_input(base, pick_dir(pipeline.defaults, step)))
+        if isinstance(step, ExportStep):
+            if step.where is not None:
+                try:
+                    where_sql(step.where)
+                except ValueError as exc:
+                    raise PipelineError(f"{loc}.where: {exc}") from None
+            check_output_path(step.out, [target], option=f"{loc}.out:")
         if isinstance(step, (ReviseStep, SampleStep)) and step.prompts is not None:
             if step.prompts == "-":
                 raise PipelineError(f"{loc}.prompts: stdin is not available in a pipeline")
@@ -476,7 +505,7 @@ def run_pipeline(
     target = db if db is not None else pipeline.db
     if target is None:
         raise PipelineError(f"{where}: db: no database (set db in the file or pass --db)")
-    _check_inputs(pipeline, base, where)
+    _check_inputs(pipeline, base, where, target)
     _check_outputs(pipeline, where, force, confirm)
 
     results: list[StepResult] = []

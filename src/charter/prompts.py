@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2 import meta as jinja_meta
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ValidationError, create_model
 
 from charter.records import Critique, Message
+from charter.sandbox import BoundedEnvironment, render_bounded
 
 PROMPT_SUFFIX = ".jinja"
 _ROLE_MARK = "\x1echarter-role:"
@@ -151,7 +151,8 @@ def _message_marker(role: str, caller: Callable[[], str]) -> str:
     return f"{_ROLE_MARK}{role}\x1e{caller()}{_END_MARK}"
 
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+# Bounded: a template cannot spend unbounded time, iterations, memory or output (charter.sandbox).
+_ENV = BoundedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 _ENV.globals["message"] = _message_marker
 _ENV.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
 
@@ -184,13 +185,23 @@ class PromptTemplate:
             line = getattr(getattr(exc, "problem_mark", None), "line", 0) + 2
             raise PromptError(f"{where}: line {line}: front matter is not valid YAML") from None
         self.source = body[:-1] if body.endswith("\n") else body
+        if not isinstance(meta, dict):
+            raise PromptError(f"{where}: front matter must be a mapping (description, mode, inputs, ...)")
         self.description: str = str(meta.get("description", ""))
         self.mode: Literal["chat", "completion"] = meta.get("mode", "chat")
         if self.mode not in ("chat", "completion"):
             raise PromptError(f"{where}: mode: must be chat or completion, not {self.mode!r}")
         self.output: str = str(meta.get("output", "text"))
-        self.stop: list[str] = list(meta.get("stop") or [])
-        self.input_types: dict[str, str] = {str(k): str(v) for k, v in (meta.get("inputs") or {}).items()}
+        stop = meta.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+            raise PromptError(f"{where}: stop: must be a string or a list of non-empty strings, not {stop!r}")
+        self.stop: list[str] = stop
+        inputs = meta.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            raise PromptError(f"{where}: inputs: must be a mapping of name: type")
+        self.input_types: dict[str, str] = {str(k): str(v) for k, v in inputs.items()}
         fields: dict[str, Any] = {}
         for field_name, type_expr in self.input_types.items():
             try:
@@ -229,15 +240,41 @@ class PromptTemplate:
         model = self.validate_inputs(values)
         context = {k: _plain(getattr(model, k)) for k in self.input_types}
         try:
-            rendered = self._template.render(**context)
+            rendered = render_bounded(self._template, context)
         except TemplateError as exc:
             raise PromptError(f"prompt {self.name} ({self.path or 'inline'}): {exc}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            # Template code is user code: `{{ 'a' + 1 }}` is a bad template, not a crash.
+            raise PromptError(
+                f"prompt {self.name} ({self.path or 'inline'}): {type(exc).__name__}: {exc}"
+            ) from None
         if self.mode == "completion":
             return RenderedPrompt(mode="completion", text=rendered, stop=list(self.stop))
         messages = _split_messages(rendered)
         if not messages:
             raise PromptError(f"prompt {self.name}: a chat template must produce messages via message(role)")
         return RenderedPrompt(mode="chat", messages=messages, stop=list(self.stop))
+
+    def check(self) -> None:
+        """Check what loading cannot: the output parser exists, and a render with sample inputs of
+        the declared types finishes within the bounds and (chat) produces messages.
+
+        A missing key in sample data (a `dict` input has no keys to sample) is not an error here;
+        anything else the template does wrong with well-typed inputs is, before any run starts.
+        """
+        where = str(self.path) if self.path else self.name
+        if self.output not in _PARSERS:
+            raise PromptError(
+                f"{where}: output: unknown output parser {self.output!r}; known: {', '.join(sorted(_PARSERS))}"
+            )
+        samples = {name: _sample(type_expr) for name, type_expr in self.input_types.items()}
+        try:
+            self.render(**samples)
+        except PromptError as exc:
+            if isinstance(exc.__context__, UndefinedError):
+                return
+            message = str(exc).removeprefix(f"prompt {self.name} ({self.path or 'inline'}): ")
+            raise PromptError(f"{where}: rendering with sample inputs: {message}") from None
 
     def parse(self, text: str) -> BaseModel:
         """Parse a model's answer with this template's output parser."""
@@ -250,6 +287,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+_SAMPLES: dict[str, Any] = {
+    "str": "sample text",
+    "int": 1,
+    "float": 0.5,
+    "bool": True,
+    "dict": {},
+    "any": "sample",
+    "Any": "sample",
+    "Message": {"role": "user", "content": "sample text"},
+}
+
+
+def _sample(expr: str) -> Any:
+    """A value of a front-matter type for a dry render: one element for a list, never None."""
+    expr = expr.strip().removesuffix("| None").strip()
+    match = re.fullmatch(r"list\[(.+)\]", expr)
+    if match:
+        return [_sample(match.group(1))]
+    return _SAMPLES.get(expr)
 
 
 def _camel(name: str) -> str:
@@ -286,7 +344,9 @@ def load_prompt(name: str, prompts_dir: str | Path | None = None) -> PromptTempl
             key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
             template = _LOADED.get(key)
             if template is None:
-                template = _LOADED[key] = PromptTemplate(name, path.read_text(encoding="utf-8"), path)
+                template = PromptTemplate(name, path.read_text(encoding="utf-8"), path)
+                template.check()  # a bad override is bad input before a run, not on its first item
+                _LOADED[key] = template
             return template
     known = ", ".join(n for n, _ in list_prompts(prompts_dir))
     raise PromptError(f"no prompt named {name!r}; known: {known}")

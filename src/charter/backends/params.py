@@ -9,6 +9,7 @@ through `redact`, which replaces every credential-looking value, at any depth, w
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -115,3 +116,34 @@ def public_params(params: dict[str, Any]) -> dict[str, Any]:
     nested in the rest (`extra_body={"api_key": ...}`, a URL's `?key=`) are redacted.
     """
     return redact({k: v for k, v in params.items() if k not in CHARTER_PARAMS and not is_secret_name(k)})
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _stop_texts(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+# Parameters charter itself reads: checked up front, so a bad value is exit 2 before a run starts
+# (not a failure on every call, or a traceback, after the database is created).
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "timeout": (_positive_number, "a positive number of seconds"),
+    "endpoint_concurrency": (_positive_int, "a positive integer"),
+    "max_tokens": (_positive_int, "a positive integer"),
+    "n": (_positive_int, "a positive integer"),
+    "stop": (_stop_texts, "a string or a list of strings"),
+}
+
+
+def check_params(params: dict[str, Any], option: str = "--param") -> None:
+    """Raise `ValueError` naming the parameter when a value charter reads has the wrong type."""
+    for name, value in params.items():
+        check = _CHECKS.get(name)
+        if check is not None and not check[0](value):
+            raise ValueError(f"{option} {name}={json.dumps(redact(value), default=str)}: must be {check[1]}")

@@ -77,6 +77,11 @@ def load_router_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
             ) from None
     if not isinstance(data, dict) or not isinstance(data.get("model_list"), list) or not data["model_list"]:
         raise RouterConfigError(f"{where}: needs a non-empty 'model_list'")
+    unknown = sorted(str(k) for k in data if k not in ("model_list", "router_settings"))
+    if unknown:
+        raise RouterConfigError(
+            f"{where}: unknown key {unknown[0]!r}; a router config has 'model_list' and 'router_settings'"
+        )
     for i, entry in enumerate(data["model_list"]):
         if (
             not isinstance(entry, dict)
@@ -90,7 +95,29 @@ def load_router_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     settings = data.get("router_settings") or {}
     if not isinstance(settings, dict):
         raise RouterConfigError(f"{where}: 'router_settings' must be a mapping")
+    known = _router_arguments()
+    for key in settings:
+        if known and key not in known:
+            raise RouterConfigError(f"{where}: router_settings.{key}: not an argument of litellm.Router")
     return {"model_list": data["model_list"], "router_settings": settings}
+
+
+def check_router_model(config: dict[str, Any], model: str, where: str) -> None:
+    """Raise `RouterConfigError` unless `model` (without `router/`) is a model_name in `config`."""
+    group = model[len(ROUTER_PREFIX) :] if model.startswith(ROUTER_PREFIX) else model
+    names = sorted({str(e["model_name"]) for e in config["model_list"]})
+    if group not in names:
+        raise RouterConfigError(f"{where}: --model {group!r} is not a model_name in it ({', '.join(names)})")
+
+
+def _router_arguments() -> set[str]:
+    """The keyword arguments `litellm.Router` accepts (what router_settings may set)."""
+    import inspect
+
+    import_litellm()
+    from litellm import Router
+
+    return {n for n in inspect.signature(Router.__init__).parameters if n != "self"}
 
 
 class RouterBackend:

@@ -42,8 +42,11 @@ def parse_params(values: list[str] | None) -> dict[str, Any]:
             raise UsageError(f"--param {item!r}: expected key=value")
         try:
             params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             params[key.strip()] = raw
+    from charter.backends.params import check_params
+
+    check_params(params)
     return params
 
 
@@ -105,13 +108,16 @@ def api_bases(values: list[str] | None) -> str | list[str] | None:
     return values[0] if len(values) == 1 else list(values)
 
 
-def with_router(params: dict[str, Any], router: str | None) -> dict[str, Any]:
-    """Add --router FILE to the backend params (checked here, so a bad file exits 2 before any run)."""
+def with_router(params: dict[str, Any], router: str | None, model: str | None = None) -> dict[str, Any]:
+    """Add --router FILE to the backend params (checked here, with --model, so a bad file exits 2
+    before any run)."""
     if router is None:
         return params
-    from charter.backends.router import load_router_config
+    from charter.backends.router import check_router_model, load_router_config
 
-    load_router_config(router)
+    config = load_router_config(router)
+    if model is not None:
+        check_router_model(config, model, router)
     return {**params, "router": router}
 
 

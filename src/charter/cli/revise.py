@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             limit=limit,
             run_name=run_name,
             api_base=common.api_bases(api_base),
-            params=common.with_router(common.parse_params(param), router),
+            params=common.with_router(common.parse_params(param), router, model),
             shard=shard,
             options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
             prompts_dir=prompts_dir,

@@ -1,0 +1,77 @@
+"""Issue 12 item 11: a template cannot exhaust CPU or memory; each bound is a clear error."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from charter_testkit import revise_args, write_prompts
+
+from charter import sandbox
+from charter.prompts import PromptError, PromptTemplate
+
+
+def completion_template(body: str) -> PromptTemplate:
+    return PromptTemplate("bomb", f"---\nmode: completion\ninputs: {{}}\n---\n{body}\n")
+
+
+BOMBS = [
+    ("nested-range", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "range() of 100,000 items is over the template limit 10,000"),
+    ("nested-loops", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+     "template loops ran more than 1,000,000 iterations"),
+    ("growing-list", "{% set ns = namespace(x=[1]) %}{% for i in range(40) %}{% set ns.x = ns.x + ns.x %}"
+     "{% endfor %}{{ ns.x|length }}", "a '+' result would be longer than 1,000,000"),
+    ("growing-string", "{% set ns = namespace(x='ab') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}"
+     "{% endfor %}", "a '~' concatenation would be longer than 1,000,000"),
+    ("repeat", "{{ 'x' * 1000000000 }}", "a '*' result would be longer than 1,000,000"),
+    ("filter-width", "{{ 'x'|center(1000000000) }}", "filter center: argument 1000000000 is over"),
+    ("method-width", "{{ 'x'.ljust(1000000000) }}", "call of ljust: argument 1000000000 is over"),
+    ("power", "{{ 7 ** 100000000 }}", "7 ** 100000000 is over the template limit"),
+    ("recursion", "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "template recursion is too deep"),
+    ("output", "{% for i in range(3000) %}{{ 'y' * 2000 }}{% endfor %}",
+     "template output is longer than 4,000,000 characters"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "message"), [b[1:] for b in BOMBS], ids=[b[0] for b in BOMBS])
+def test_template_bombs_stop_with_the_limit_named(body, message):
+    template = completion_template(body)
+    with pytest.raises(PromptError, match="prompt bomb") as err:
+        template.render()
+    assert message in str(err.value)
+
+
+def test_ordinary_templates_render_as_before():
+    body = "{% for i in range(3) %}{{ loop.index }}:{{ i * 2 }}{{ ' ' ~ 'ab' * 2 }};{% endfor %}{{ [1, 2]|join(',') }}"
+    assert completion_template(body).render().text == "1:0 abab;2:2 abab;3:4 abab;1,2"
+
+
+def test_the_time_bound_works_in_a_worker_thread_without_signals(monkeypatch):
+    # Under the iteration cap but far past the (lowered) time bound: 81 million empty iterations.
+    monkeypatch.setattr(sandbox, "MAX_ITERATIONS", 10**12)
+    monkeypatch.setattr(sandbox, "MAX_SECONDS", 0.05)
+    template = completion_template(
+        "{% for i in range(9000) %}{% for j in range(9000) %}{% endfor %}{% endfor %}"
+    )
+    with ThreadPoolExecutor(1) as pool, pytest.raises(PromptError, match=r"longer than 0\.05 s to render"):
+        pool.submit(template.render).result()
+    # Each render gets its own budget: the next one starts afresh.
+    assert completion_template("{{ 1 + 1 }}").render().text == "2"
+
+
+def test_revise_with_a_bomb_template_exits_2_before_anything_is_written(cli, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?"])
+    override = tmp_path / "templates"
+    override.mkdir()
+    (override / "respond-chat.jinja").write_text(
+        "---\nmode: chat\ninputs:\n  conversation: list[Message]\n  system: str | None\n---\n"
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
+        '{% call message("user") %}hi{% endcall %}\n'
+    )
+    db = tmp_path / "never.duckdb"
+    result = cli(*revise_args(prompts, db, server, "--prompts-dir", override))
+    assert result.code == 2
+    (line,) = result.error_lines()
+    assert "respond-chat" in line and "iterations" in line
+    assert not db.exists() and server.request_count == 0
