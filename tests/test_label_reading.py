@@ -294,3 +294,32 @@ def test_cot_samples_averages_clamped_samples(
     assert len(indexes) == 9  # distinct sample indexes: the request cache keeps every sample
     config = json.loads(query_dicts(pairs_db, "SELECT config FROM runs WHERE name = 'ens'")[0]["config"])
     assert config["cot_samples"] == 3 and config["chain"]["chain"][0]["cot_samples"] == 3
+
+
+def test_pipeline_label_step_takes_the_new_options(
+    tmp_path: Path, server: FakeOpenAIServer, bpe: BPEReplies
+) -> None:
+    from charter.pipeline import PipelineError, load_pipeline, run_pipeline
+
+    server.responder = policy_then(
+        lambda req: bpe.answer(REASONING + "\n\nSo the answer is: (A)", {"A": 0.7, "B": 0.3})
+    )
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Insult my boss."}) + "\n", encoding="utf-8")
+    body = (
+        f"db: cai.duckdb\ndefaults:\n  api_base: {server.base_url}\nsteps:\n"
+        "  - sample:\n      model: openai/test\n      prompts: p.jsonl\n"
+        "  - label:\n      model: openai/test\n      method: cot\n      few_shot: false\n"
+        "      cot_samples: 2\n      min_option_mass: {mass}\n"
+    )
+    path = tmp_path / "rl.yaml"
+    path.write_text(body.replace("{mass}", "1.5"), encoding="utf-8")
+    with pytest.raises(PipelineError, match="min_option_mass"):
+        load_pipeline(path, env={})
+    path.write_text(body.replace("{mass}", "0.9"), encoding="utf-8")
+    run_pipeline(path, db=tmp_path / "cai.duckdb", env={})
+    db = tmp_path / "cai.duckdb"
+    config = json.loads(query_dicts(db, "SELECT config FROM runs WHERE command = 'label'")[0]["config"])
+    assert config["min_option_mass"] == 0.9 and config["cot_samples"] == 2
+    (row,) = query_dicts(db, "SELECT * FROM comparisons")
+    assert row["prob_a"] == pytest.approx(0.6) and row["label_source"] == "logprobs"
+    assert query_dicts(db, "SELECT count(*) AS n FROM feedback_queries")[0]["n"] == 2
