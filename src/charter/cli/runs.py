@@ -19,6 +19,11 @@ _OUTPUTS: dict[str, list[tuple[str, str]]] = {
         ("labeled", "SELECT count(*) FROM pair_labels WHERE run_id = ? AND status = 'ok'"),
         ("flagged", "SELECT count(*) FROM pair_labels WHERE run_id = ? AND status <> 'ok'"),
     ],
+    "eval": [
+        ("evaluated", "SELECT count(*) FROM eval_items WHERE run_id = ?"),
+        ("correct", "SELECT count(*) FROM eval_items WHERE run_id = ? AND correct"),
+    ],
+    "compare": [("pairs", "SELECT count(*) FROM pairs WHERE run_id = ?")],
 }
 COLUMNS = [
     "name",
