@@ -124,8 +124,8 @@ steps:
             "steps[0].sample.n: input should be greater than or equal to 2 (line 4)",
         ),
         (
-            "steps:\n  - train: {}\n",
-            "steps[0]: unknown step 'train'; expected revise, sample, label or export (line 2)",
+            "steps:\n  - training: {}\n",
+            "steps[0]: unknown step 'training'; expected revise, sample, label, export or train (line 2)",
         ),
         ("steps: []\n", "steps: list should have at least 1 item"),
         (
