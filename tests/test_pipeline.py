@@ -67,7 +67,7 @@ def test_rl_cai_example_end_to_end(
     assert {b["model"] for b in server.requests} == {"policy", "base"}
     # running it again resumes every step: no new requests
     server.reset()
-    again = cli("run", EXAMPLES / "rl-cai.yaml", "--db", db)
+    again = cli("run", EXAMPLES / "rl-cai.yaml", "--db", db, "--force")  # prefs.jsonl exists now
     assert again.code == 0 and server.request_count == 0
     assert "(resumed)" in again.stderr
 
