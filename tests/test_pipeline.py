@@ -67,7 +67,7 @@ def test_rl_cai_example_end_to_end(
     assert {b["model"] for b in server.requests} == {"policy", "base"}
     # running it again resumes every step: no new requests
     server.reset()
-    again = cli("run", EXAMPLES / "rl-cai.yaml", "--db", db)
+    again = cli("run", EXAMPLES / "rl-cai.yaml", "--db", db, "--force")  # prefs.jsonl exists now
     assert again.code == 0 and server.request_count == 0
     assert "(resumed)" in again.stderr
 
@@ -124,8 +124,8 @@ steps:
             "steps[0].sample.n: input should be greater than or equal to 2 (line 4)",
         ),
         (
-            "steps:\n  - train: {}\n",
-            "steps[0]: unknown step 'train'; expected revise, sample, label or export (line 2)",
+            "steps:\n  - training: {}\n",
+            "steps[0]: unknown step 'training'; expected revise, sample, label, export or train (line 2)",
         ),
         ("steps: []\n", "steps: list should have at least 1 item"),
         (

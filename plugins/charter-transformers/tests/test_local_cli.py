@@ -87,6 +87,8 @@ def test_a_missing_local_model_is_one_clear_line(tmp_path: Path, prompts: Path) 
         "0",
         cwd=tmp_path,
     )
-    assert result.returncode == 1
-    assert "local model './no/such/ckpt' not found" in result.stderr
+    # Checked before anything is written (issue 16): bad input, exit 2, no database.
+    assert result.returncode == 2
+    assert "--model 'local/./no/such/ckpt': no such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.duckdb").exists()
