@@ -247,11 +247,6 @@ def test_label_without_logprobs_parses_the_answer_or_says_unparsed(
             assert row["label_source"] != "logprobs", row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="error bodies that are not OpenAI-shaped ({'detail': ...}) are dropped; h16's backend "
-    "error classification carries them (issue 16)",
-)
 def test_a_server_error_carries_the_servers_message(real_server: RealServer, tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "prompts.jsonl", ["hello"])
     result = run_cli(
