@@ -20,9 +20,9 @@ def test_demo_runs_the_whole_loop_offline(tmp_path: Path) -> None:
     assert result.code == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("charter demo:") and "tiny randomly initialised model" in lines[0]
-    for n in range(1, 8):
-        assert any(line.startswith(f"[{n}/7]") for line in lines), result.stdout
-    [reward_line] = [line for line in lines if line.startswith("[7/7]")]
+    for n in range(1, 9):
+        assert any(line.startswith(f"[{n}/8]") for line in lines), result.stdout
+    [reward_line] = [line for line in lines if line.startswith("[7/8]")]
     assert "before PPO" in reward_line and "after" in reward_line
     print(f"demo: {seconds:.0f}s; {reward_line}")  # visible with -s
 
@@ -43,6 +43,12 @@ def test_demo_runs_the_whole_loop_offline(tmp_path: Path) -> None:
     )[0]
     # 8 prompts x 2 rounds; 12 sampled prompts (two identical samples would make no pair)
     assert counts["sft"] == 8 and counts["revisions"] == 16 and 8 <= counts["pairs"] <= 12
+    # The demo ends with `charter eval compare`: SFT vs RL-CAI, judged both ways round, two criteria.
+    compared = [line for line in lines if line.startswith("[8/8]")]
+    assert len(compared) == 2 and "(harmless)" in compared[0] and "(helpful)" in compared[1]
+    assert all("4 comparisons both ways round" in line and "Elo RL-CAI vs SFT" in line for line in compared)
+    compare_runs = {r["name"] for r in query_dicts(out / "compare.duckdb", "SELECT name FROM runs")}
+    assert len(compare_runs) == 5 and all(n.startswith("demo-compare-") for n in compare_runs)
     names = {r["name"] for r in query_dicts(db, "SELECT name FROM runs")}
     assert len(names) == 3 and all(
         n.startswith(("demo-revise-", "demo-sample-", "demo-label-")) for n in names

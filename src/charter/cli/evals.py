@@ -137,7 +137,11 @@ def _write_plot(bins: list, path: Path) -> None:  # type: ignore[type-arg]
 def _register_compare(evals: typer.Typer) -> None:
     @evals.command("compare")
     def compare_cmd(
-        db: Path = typer.Option(..., "--db", help="DuckDB file to write the answers and judgements to."),
+        db: Path = typer.Option(
+            ...,
+            "--db",
+            help="DuckDB file for the answers and judgements (use one of its own, not the training DB).",
+        ),
         prompts: str = typer.Option(..., "--prompts", help="Prompts file the policies answer."),
         policy: list[str] = typer.Option(
             ..., "--policy", help="NAME=MODEL: a model string or a checkpoint directory. At least two."

@@ -8,6 +8,10 @@ comparison, as in RL-CAI) and once under a helpfulness principle. Soft win proba
 to Bradley-Terry strengths, reported as Elo (relative to the first policy) with bootstrap intervals
 over prompts. Everything the judge said is in `comparisons` (label runs `<name>-harmless`,
 `<name>-helpful`), so every number can be traced to its calls.
+
+Give it a database of its own (`--db compare.duckdb`): its answers and judgements are evaluation,
+not training data, and in a shared file its label runs would be the "latest label run" that
+`charter export --dataset preferences` and `charter train reward|dpo` pick.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def run_demo(
     # Run names tied to the model and settings: the same demo again resumes its runs (answers come
     # from the request cache), another model or setting in the same database gets runs of its own.
     tag = hashlib.sha256(json.dumps([model_dir, asdict(settings)], default=str).encode()).hexdigest()[:8]
-    names = {stage: f"demo-{stage}-{tag}" for stage in ("revise", "sample", "label")}
+    names = {stage: f"demo-{stage}-{tag}" for stage in ("revise", "sample", "label", "compare")}
     result["runs"] = names
     quiet_params = {"disable_tqdm": True, **settings.extra}
 
@@ -337,7 +337,7 @@ def run_demo(
             step += 1
             info: dict[str, Any] = {}
             t0 = time.perf_counter()
-            log.write(f"\n--- [{step}/7] {name}\n")
+            log.write(f"\n--- [{step}/8] {name}\n")
             log.flush()
             try:
                 with _quiet(log):
@@ -395,7 +395,7 @@ def run_demo(
             info.update(prompts=summary.total, calls=summary.calls)
             example = _one_revision(db_path, summary.run_id)
         say(
-            f"[1/7] revise: {summary.total} red-team prompts, {settings.revise_rounds} critique -> revision "
+            f"[1/8] revise: {summary.total} red-team prompts, {settings.revise_rounds} critique -> revision "
             f"round{'s' if settings.revise_rounds != 1 else ''} each by the base model ({summary.calls} calls, {info['seconds']:.0f}s)"
         )
         if example is not None:
@@ -419,7 +419,7 @@ def run_demo(
                 params=quiet_params,
             )
         say(
-            f"[2/7] train sft: {_n(sft['train_rows'], 'revision')}, {_n(sft['steps'], 'step')}, final loss "
+            f"[2/8] train sft: {_n(sft['train_rows'], 'revision')}, {_n(sft['steps'], 'step')}, final loss "
             f"{_f(sft.get('final_loss'))} ({info['seconds']:.0f}s) -> {sl_dir}"
         )
 
@@ -444,7 +444,7 @@ def run_demo(
                 )
             info.update(prompts=sampled.total, pairs=sampled.pairs)
         say(
-            f"[3/7] sample: {sampled.total} other red-team prompts x 2 responses from the SFT model at "
+            f"[3/8] sample: {sampled.total} other red-team prompts x 2 responses from the SFT model at "
             f"temperature 1.0 -> {_n(sampled.pairs, 'pair')} ({info['seconds']:.0f}s)"
         )
 
@@ -465,7 +465,7 @@ def run_demo(
             info.update(labeled=labeled.labeled, flagged=labeled.flagged, mean_chosen_prob=mean_prob)
             pair = _one_pair(db_path, labeled.run_id)
         say(
-            f"[4/7] label: {_n(labeled.labeled, 'pair')} by the SFT model, the paper's multiple-choice question (zero-shot) "
+            f"[4/8] label: {_n(labeled.labeled, 'pair')} by the SFT model, the paper's multiple-choice question (zero-shot) "
             f"scored exactly (logprobs of (A)/(B)); mean chosen_prob {_f(mean_prob)} ({info['seconds']:.0f}s)"
         )
         if pair is not None:
@@ -488,7 +488,7 @@ def run_demo(
                 params={"eval_fraction": 0.25, **quiet_params},
             )
         say(
-            f"[5/7] train reward: soft-label preference model on {_n(pm['train_rows'], 'pair')}; held-out "
+            f"[5/8] train reward: soft-label preference model on {_n(pm['train_rows'], 'pair')}; held-out "
             f"({pm.get('eval_rows')}) accuracy {_f(pm.get('eval_accuracy'), 2)}, calibration error "
             f"{_f(pm.get('eval_ece'))} ({info['seconds']:.0f}s) -> {pm_dir}"
         )
@@ -513,10 +513,30 @@ def run_demo(
                 },
             )
         say(
-            f"[6/7] train ppo: {ppo['steps']} PPO updates on {ppo['train_rows']} prompts against the reward "
+            f"[6/8] train ppo: {ppo['steps']} PPO updates on {ppo['train_rows']} prompts against the reward "
             f"model, KL penalty to the SFT model (final KL {_f(ppo.get('final_kl'))}) "
             f"({info['seconds']:.0f}s) -> {rl_dir}"
         )
+
+        with stage("compare") as info:
+            from charter.evals.compare import compare
+
+            # The paper's Fig. 2/3 protocol with an AI judge: the SFT and the RL policy answer the
+            # held-out prompts, the SFT model judges every pair both ways round, under the
+            # constitution (harmless) and a helpfulness principle.
+            # Its own file: the policies' answers and the judge's labels are evaluation, not training
+            # data, and must not become the "latest label run" a later `charter train reward` reads.
+            judged = compare(
+                db=out_dir / "compare.duckdb",
+                prompts=_data("eval.jsonl"),
+                policies=[f"sft={sl_dir.resolve()}", f"rl-cai={rl_dir.resolve()}"],
+                judge=f"local/{sl_dir.resolve()}",
+                name=names["compare"],
+                seed=settings.seed,
+                params=gen,
+                options=runner,
+            )
+            info.update({r.criterion: r.win_rates.get(("sft", "rl-cai")) for r in judged})
 
     before, after = ppo.get("mean_reward_before"), ppo.get("mean_reward_after")
     delta = None if before is None or after is None else after - before
@@ -528,10 +548,23 @@ def run_demo(
         seconds=time.perf_counter() - started,
     )
     say(
-        f"[7/7] reward-model score of greedy answers to {ppo.get('eval_rows')} held-out prompts: "
+        f"[7/8] reward-model score of greedy answers to {ppo.get('eval_rows')} held-out prompts: "
         f"before PPO {_f(before, 4)}, after {_f(after, 4)} (change {'+' if (delta or 0) >= 0 else ''}"
         f"{_f(delta, 4)})"
     )
+    for r in judged:
+        p_sft = r.win_rates.get(("sft", "rl-cai"))
+        elo = {x.policy: x for x in r.ratings}
+        rl_elo = elo.get("rl-cai")
+        say(
+            f"[8/8] eval compare ({r.criterion}): the SFT model as judge, {r.comparisons} comparisons both ways "
+            f"round: RL-CAI beats SFT {_f(None if p_sft is None else 1 - p_sft, 2)}; Elo RL-CAI vs SFT "
+            + (
+                "n/a"
+                if rl_elo is None
+                else f"{rl_elo.elo:+.0f} (95% CI {rl_elo.low:+.0f} to {rl_elo.high:+.0f})"
+            )
+        )
     if is_tiny:
         say("       (a random tiny model: the change is noise, not learning; the plumbing is what is shown)")
     say(
