@@ -189,7 +189,10 @@ def test_low_option_mass_is_never_a_logprob_label(
     )
     # (another max_tokens, so the request cache does not answer with the earlier replies)
     garbage = {**params, "max_tokens": 7}
-    summary = label(pairs_db, server, run_name="garbage", params=garbage, max_parse_retries=0)
+    # Every pair ends unparsed here, which is what this case checks: allow it (--max-flagged 1).
+    summary = label(
+        pairs_db, server, run_name="garbage", params=garbage, max_parse_retries=0, max_flagged=1.0
+    )
     assert summary.labeled == 0 and summary.flagged == 3
     assert {r["status"] for r in run_rows(pairs_db, "pair_labels", "garbage")} == {"unparsed"}
 

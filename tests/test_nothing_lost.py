@@ -141,13 +141,16 @@ def test_disk_full_is_one_line_exit_1_and_keeps_what_finished(cli, server, tmp_p
     asked = server.request_count
     assert 0 < asked < 3 * total  # it stopped at the failed write
     assert query(db, "SELECT status FROM runs") != [("done",)]
+    ((committed,),) = query(db, "SELECT count(*) FROM calls WHERE error IS NULL")
+    assert committed > 0  # what finished before the failed write is kept
     server.reset()
     server.latency_s = 0.0
-    # Space again: the same command finishes, asking only what it never had: what was committed
-    # and what the journal kept is not asked again, only the calls in flight (16 at most).
+    # Space again: the same command finishes, asking only what it never had: what was committed is
+    # not asked again, nor what the journal kept (the journal lives on the same full disk, so it may
+    # have lost its tail: the bound is what the database holds), beyond the calls in flight (16).
     again = cli(*args)
     assert again.code == 0, again.stderr
-    assert server.request_count <= 3 * total - asked + 16
+    assert server.request_count <= 3 * total - committed + 16
     assert query(db, "SELECT count(*) FROM sft_examples") == [(total,)]
     assert query(db, "SELECT count(*), count(DISTINCT cache_key) FROM calls WHERE error IS NULL") == [
         (3 * total, 3 * total)
@@ -283,6 +286,8 @@ def test_export_leaves_no_temp_file_after_an_error_and_ignores_a_stale_one(
     assert done.code == 0, done.stderr
     assert len(out.read_text(encoding="utf-8").splitlines()) == 2 and not stale.exists()
     # An error while rows are read (a filter that fails on the data, not when parsed): no file at all.
-    with pytest.raises(duckdb.Error):
+    # (Raised when the query runs, before the output is opened, as a ValueError naming --where; an
+    # error on a later batch would come as duckdb.Error from the middle of the writing.)
+    with pytest.raises((duckdb.Error, ValueError), match="Conversion Error"):
         export(db, "sft", tmp_path / "bad.jsonl", where="CAST(prompt AS INTEGER) > 0")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bad")) == []

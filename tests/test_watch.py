@@ -8,7 +8,18 @@ import subprocess
 import sys
 import time
 
+import pytest
 from charter_testkit import REPO, query, revise_args, subprocess_env, write_prompts
+
+from charter.testing.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture
+def own_server():
+    """A server only this test's run talks to: the shared one may still get a straggler's requests,
+    and the test paces itself by the request count."""
+    with FakeOpenAIServer() as srv:
+        yield srv
 
 
 def _wait(server, proc, count: int) -> None:
@@ -18,7 +29,8 @@ def _wait(server, proc, count: int) -> None:
     assert proc.poll() is None, f"the run ended too early: {proc.communicate()[1]}"
 
 
-def test_sql_status_and_export_work_while_a_run_writes(cli, server, tmp_path):
+def test_sql_status_and_export_work_while_a_run_writes(cli, own_server, tmp_path):
+    server = own_server
     total = 40
     prompts = write_prompts(tmp_path / "p.jsonl", [f"Red-team prompt number {i}?" for i in range(total)])
     db = tmp_path / "live.duckdb"

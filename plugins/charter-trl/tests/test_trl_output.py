@@ -23,7 +23,11 @@ def test_train_prints_step_lines_and_a_summary_only(tmp_path: Path, tiny_model: 
     lines = result.stderr.rstrip().splitlines()
     steps = [line for line in lines if line.startswith("  step ")]
     assert [re.match(r"  step (\d)/3  loss \d", s).group(1) for s in steps] == ["1", "2", "3"]  # type: ignore[union-attr]
-    assert len(lines) == len(steps) + 1 and lines[-1].startswith("trained sft on 8 rows")
+    # Besides the steps: one line saying what the run reads (every round's revision, the paper's
+    # default), then the summary; nothing else.
+    [reads] = [line for line in lines if line.startswith("sft: ")]
+    assert "every round's revision" in reads
+    assert len(lines) == len(steps) + 2 and lines[-1].startswith("trained sft on 16 rows")
     assert str(out / LOG_FILE) in lines[-1]
     assert "it/s" not in result.stderr and "Warning" not in result.stderr
     # What the libraries said is kept: TRL's per-step metric dicts are in the log.

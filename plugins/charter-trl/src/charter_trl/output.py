@@ -17,6 +17,14 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+# The stderr in force before `quiet` redirected it, innermost last: where charter's own lines go.
+_TERMINALS: list[TextIO] = []
+
+
+def terminal() -> TextIO:
+    """The stream for charter's own lines (what a run reads, warnings): stderr, even inside `quiet`."""
+    return _TERMINALS[-1] if _TERMINALS else sys.stderr
+
 
 @contextlib.contextmanager
 def quiet(log: TextIO) -> Iterator[None]:
@@ -34,10 +42,12 @@ def quiet(log: TextIO) -> Iterator[None]:
         transformers.utils.logging.add_handler(handler)
     except ImportError:  # pragma: no cover
         transformers = None  # type: ignore[assignment]
+    _TERMINALS.append(sys.stderr)
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             yield
     finally:
+        _TERMINALS.pop()
         log.flush()
         root.removeHandler(handler)
         root.setLevel(saved_level)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -258,7 +257,9 @@ def train_ppo(
     deviations = paper_deviations(options)
     if deviations and PartialState().is_main_process:
         said = ", ".join(f"{k} {v['value']} (paper: {v['paper']})" for k, v in deviations.items())
-        print(f"charter: warning: PPO settings differ from the paper's: {said}", file=sys.stderr, flush=True)
+        from .output import terminal
+
+        print(f"charter: warning: PPO settings differ from the paper's: {said}", file=terminal(), flush=True)
     policy = load_model(policy_model, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
     # Before the reference copy, so policy and reference share the new pad row.
     added_pad = add_pad_token(tokenizer, [policy])

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -292,7 +291,9 @@ def _policy_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _tell(line: str) -> None:
     """One line on stderr about what the run reads (main process only: once under accelerate)."""
     if is_main_process():
-        print(line, file=sys.stderr, flush=True)
+        from .output import terminal
+
+        print(line, file=terminal(), flush=True)
 
 
 def _remove_if_new_and_empty(out: Path, existed: bool) -> None:
