@@ -98,8 +98,13 @@ def _check_local(name: str) -> None:
     path = Path(name).expanduser()
     if path.exists():
         return
+    # A hub repo's GGUF file, <namespace>/<repo>/<file>.gguf, is looked up in the HF cache by the
+    # plugin (charter_transformers.gguf), which says itself when it is not there.
+    hub_gguf = (
+        name.lower().endswith(".gguf") and name.count("/") == 2 and not name.startswith((".", "/", "~"))
+    )
     # What looks like a path (./x, /x, ~/x, a/b/c) cannot be a hub id, so it had to exist here.
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if not hub_gguf and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise PreflightError(f"--model 'local/{name}': no such file or directory: {path.absolute()}")
 
 

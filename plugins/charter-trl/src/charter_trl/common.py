@@ -180,6 +180,57 @@ def save_trained(trainer: Any, out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
+# The pad token TRL's own PPO example adds (examples/scripts/ppo/ppo.py).
+PAD_TOKEN = "[PAD]"
+
+
+def add_pad_token(tokenizer: PreTrainedTokenizerBase, models: Sequence[PreTrainedModel]) -> bool:
+    """Give `tokenizer` a pad token distinct from EOS (resizing each model's embeddings to match).
+
+    PPOTrainer derives attention masks as `ids != pad_token_id` and ends each response at its first
+    pad, and a sequence-classification model reads its score at the last non-pad token. With the
+    usual fallback pad = EOS, every end-of-turn EOS is masked out: the reward model would be read
+    at the token before the final EOS in training and at the EOS in PPO. The reward trainer and PPO
+    both add this token, so the two read the same position. Returns whether a token was added.
+    """
+    eos = {tokenizer.eos_token_id, *(i for m in models for i in _eos_ids(m, tokenizer))}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eos:
+        return False
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    pad_id = tokenizer.pad_token_id
+    for model in models:
+        fit_embeddings(model, tokenizer)
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = pad_id
+    return True
+
+
+def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether two tokenizers map the same tokens to the same ids, leaving charter's pad token aside
+    (the reward trainer adds it; PPO adds the same one to the policy at the same id)."""
+
+    def base(t: PreTrainedTokenizerBase) -> dict[str, int]:
+        return {k: v for k, v in t.get_vocab().items() if k != PAD_TOKEN}
+
+    return base(a) == base(b)
+
+
+def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow `model`'s embeddings to cover `tokenizer` (an added pad token) and give it the pad id."""
+    rows = int(cast(Any, model.get_input_embeddings()).weight.shape[0])
+    if rows < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 # --------------------------------------------------------------------------------------------------
 # TRL config building
 # --------------------------------------------------------------------------------------------------

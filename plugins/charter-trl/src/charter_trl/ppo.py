@@ -21,14 +21,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from .common import (
     Conversation,
+    _eos_ids,
+    add_pad_token,
     as_conversation,
     build_config,
     chat_ids,
+    fit_embeddings,
     last_logged,
     load_model,
     load_reward_model,
     load_tokenizer,
     precision_name,
+    same_vocabulary,
     save_trained,
     seed_everything,
     to_jsonable,
@@ -73,46 +77,6 @@ def _prompt_ids(
     ids = chat_ids(tokenizer, messages, add_generation_prompt=True)
     if max_length is not None and len(ids) > max_length:
         ids = ids[-max_length:]  # keep the end: the latest turn and the generation prompt
-    return ids
-
-
-# The pad token TRL's own PPO example adds (examples/scripts/ppo/ppo.py).
-PAD_TOKEN = "[PAD]"
-
-
-def add_pad_token(tokenizer: PreTrainedTokenizerBase, models: Sequence[PreTrainedModel]) -> bool:
-    """Give `tokenizer` a pad token distinct from EOS (resizing each model's embeddings to match).
-
-    PPOTrainer derives attention masks as `ids != pad_token_id` and ends each response at its first
-    pad. With the usual fallback pad = EOS, every end-of-turn EOS inside a multi-turn prompt is
-    masked out, so the reward and value models would score a different sequence than the reward
-    model was trained on. Returns whether a token was added.
-    """
-    eos = {tokenizer.eos_token_id, *(i for m in models for i in _eos_ids(m, tokenizer))}
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eos:
-        return False
-    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    pad_id = tokenizer.pad_token_id
-    for model in models:
-        fit_embeddings(model, tokenizer)
-        if model.generation_config is not None:
-            model.generation_config.pad_token_id = pad_id
-    return True
-
-
-def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Grow `model`'s embeddings to cover `tokenizer` (an added pad token) and give it the pad id."""
-    rows = int(cast(Any, model.get_input_embeddings()).weight.shape[0])
-    if rows < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    configured = model.generation_config.eos_token_id
-    ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
     return ids
 
 
@@ -249,7 +213,7 @@ def train_ppo(
     tokenizer = load_tokenizer(policy_model, trust_remote_code=options.trust_remote_code)
     reward_tokenizer = load_tokenizer(reward_dir, trust_remote_code=options.trust_remote_code)
     # PPOTrainer feeds the policy's token ids straight into the reward and value models.
-    if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+    if not same_vocabulary(reward_tokenizer, tokenizer):
         raise ValueError(
             f"the reward model at {reward_dir!r} uses a different tokenizer than the policy; PPO scores "
             "token ids directly, so train the reward model from the same base model"

@@ -24,6 +24,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 from .common import (
     DEFAULT_CHAT_TEMPLATE,
     Conversation,
+    add_pad_token,
     build_config,
     chat_ids,
     finish_metrics,
@@ -254,7 +255,10 @@ def train_reward(
     # The classification head is freshly initialised: seed right before creating it.
     seed_everything(args.seed)
     reward_model = load_reward_model(model, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
-    # Sequence classification reads the score at the last non-pad token, so it must know the pad id.
+    # Sequence classification reads the score at the last non-pad token, so it must know the pad id,
+    # and the pad must not be EOS: PPO pads with its own token and reads the score at the EOS that
+    # ends the response, so training reads it there too (add_pad_token, as PPO does).
+    pad_added = add_pad_token(tokenizer, [reward_model])
     reward_model.config.pad_token_id = tokenizer.pad_token_id
 
     trainer = _SoftLabelRewardTrainer(
@@ -276,6 +280,8 @@ def train_reward(
     metrics: dict[str, Any] = {
         "kind": "reward",
         "loss": "hard_labels" if options.hard_labels else "soft_labels",
+        "pad_token": tokenizer.pad_token,
+        "pad_token_added": pad_added,
         "train_rows": len(train_pairs),
         "train_rows_used": kept,
         "eval_rows": len(eval_pairs),

@@ -410,7 +410,9 @@ def run_training(
     if reward_model is not None:
         reward_dir = resolve_model(reward_model)
         reward_tokenizer = _check_model(reward_dir, flag="--reward-model")
-        if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+        from .common import same_vocabulary
+
+        if not same_vocabulary(reward_tokenizer, tokenizer):
             raise ValueError(
                 f"--reward-model {reward_dir}: its tokenizer differs from the policy's ({model_name}); PPO "
                 "scores token ids directly, so train the reward model from the same base model"
