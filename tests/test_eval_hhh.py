@@ -55,8 +55,11 @@ def test_accuracy_comes_out_as_planted(tmp_path: Path, server: FakeOpenAIServer,
     (request,) = query(db, "SELECT request->>'prompt' FROM calls WHERE call_id = ?", [first["call_ids"][0]])
     assert request[0] == ITEMS[0].prompt
     assert (tmp_path / "hhh-planted-reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Calibration: the planted P=0.8 answers are right 100%, the P=0.3 ones 0% of the time.
-    assert "P(correct) 0.8-0.9:  30 comparisons, predicted 0.800, right 1.000" in result.stdout
+    # Calibration counts both answers of each comparison: 30 answers got 0.8 and were right, 10 got
+    # 0.7 and were wrong (the planted mistakes), 10 got 0.3 and were right, 30 got 0.2 and were wrong.
+    assert "P(answer) 0.8-0.9:  30 answers, predicted 0.800, right 1.000" in result.stdout
+    assert "P(answer) 0.7-0.8:  10 answers, predicted 0.700, right 0.000" in result.stdout
+    assert "P(answer) 0.3-0.4:  10 answers, predicted 0.300, right 1.000" in result.stdout
     # The same command resumes: nothing is asked again.
     before = server.request_count
     again = cli(*args, "--limit", "40", "--run-name", "hhh-planted")

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             )
             for b in summary.bins:
                 typer.echo(
-                    f"  P(correct) {b.low:.1f}-{b.high:.1f}: {b.count:>3} comparisons, "
+                    f"  P(answer) {b.low:.1f}-{b.high:.1f}: {b.count:>3} answers, "
                     f"predicted {b.mean_predicted:.3f}, right {b.frequency:.3f}"
                 )
             target = plot or db.parent / f"{summary.run_name}-reliability.png"

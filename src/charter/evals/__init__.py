@@ -20,4 +20,5 @@ __all__ = [
     "eval_hhh",
     "expected_calibration_error",
     "load_hhh",
+    "pairwise_calibration",
 ]

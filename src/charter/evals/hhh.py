@@ -27,8 +27,8 @@ from charter.evals.stats import (
     Accuracy,
     CalibrationBin,
     bootstrap_accuracy,
-    calibration,
     expected_calibration_error,
+    pairwise_calibration,
 )
 from charter.labels import parse_transcript
 from charter.records import Message, PromptRecord
@@ -216,7 +216,7 @@ def _summarise(store: Store, summary: RunSummary, seed: int) -> EvalSummary:
     result = EvalSummary(**vars(summary), unscored=len(rows) - len(scored))
     if scored:
         result.accuracy = bootstrap_accuracy([c for _, c in scored], seed=seed)
-        result.bins = calibration([p for p, _ in scored], [c for _, c in scored])
+        result.bins = pairwise_calibration([p for p, _ in scored])
         result.ece = expected_calibration_error(result.bins)
         result.ties = sum(1 for p, _ in scored if math.isclose(p, 0.5))
     return result

@@ -74,6 +74,18 @@ def calibration(
     return out
 
 
+def pairwise_calibration(prob_correct: Sequence[float], bins: int = 10) -> list[CalibrationBin]:
+    """Calibration of a two-way choice: each comparison gives both of its answers as points.
+
+    Binning P(correct) alone is empty of information (above 0.5 it is right by definition); the
+    answer the model gave p is correct in a fraction of cases, and a calibrated model has that
+    fraction equal to p. So each comparison adds (p, correct) and (1 - p, incorrect).
+    """
+    points = [*prob_correct, *(1.0 - p for p in prob_correct)]
+    outcomes = [True] * len(prob_correct) + [False] * len(prob_correct)
+    return calibration(points, outcomes, bins)
+
+
 def expected_calibration_error(bins: Sequence[CalibrationBin]) -> float:
     """Σ (bin share) x |mean predicted - frequency|: 0 for a perfectly calibrated model."""
     total = sum(b.count for b in bins)

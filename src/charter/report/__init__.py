@@ -42,21 +42,11 @@ class ReportResult:
 
 
 def calibration_bins(rows: Sequence[dict[str, Any]], bins: int = 10) -> list[tuple[float, float, int]]:
-    """(mean predicted, frequency correct, count) per probability bin of `prob_correct`."""
-    points: list[tuple[float, float, int]] = []
-    members: dict[int, list[tuple[float, bool]]] = {}
-    for row in rows:
-        p = row.get("prob_correct")
-        if p is None or row.get("correct") is None:
-            continue
-        index = min(int(float(p) * bins), bins - 1)
-        members.setdefault(index, []).append((float(p), bool(row["correct"])))
-    for index in sorted(members):
-        group = members[index]
-        points.append(
-            (sum(p for p, _ in group) / len(group), sum(1 for _, c in group if c) / len(group), len(group))
-        )
-    return points
+    """(mean predicted, frequency right, count) per bin, both answers of each comparison counted."""
+    from charter.evals.stats import pairwise_calibration
+
+    probs = [float(r["prob_correct"]) for r in rows if r.get("prob_correct") is not None]
+    return [(b.mean_predicted, b.frequency, b.count) for b in pairwise_calibration(probs, bins)]
 
 
 _TOKENS = ("calls", "cached", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
