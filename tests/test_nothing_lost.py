@@ -139,7 +139,9 @@ def test_disk_full_is_one_line_exit_1_and_keeps_what_finished(cli, server, tmp_p
     assert len(lines) == 1 and lines[0].startswith(f"charter: error: cannot write to {db}"), proc.stderr
     assert "File too large" in lines[0] and "Traceback" not in proc.stderr
     asked = server.request_count
-    assert 0 < asked < 3 * total  # it stopped at the failed write
+    # It stopped at the failed write (on a quick machine the calls may all be answered before the
+    # write that fails: at most every call was asked).
+    assert 0 < asked <= 3 * total
     assert query(db, "SELECT status FROM runs") != [("done",)]
     ((committed,),) = query(db, "SELECT count(*) FROM calls WHERE error IS NULL")
     assert committed > 0  # what finished before the failed write is kept

@@ -200,8 +200,9 @@ def add_pad_token(tokenizer: PreTrainedTokenizerBase, models: Sequence[PreTraine
     pad_id = tokenizer.pad_token_id
     for model in models:
         fit_embeddings(model, tokenizer)
-        if model.generation_config is not None:
-            model.generation_config.pad_token_id = pad_id
+        generation = getattr(model, "generation_config", None)  # a reward model has none
+        if generation is not None:
+            generation.pad_token_id = pad_id
     return True
 
 
@@ -224,7 +225,10 @@ def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    configured = model.generation_config.eos_token_id
+    generation = getattr(model, "generation_config", None)
+    configured = (
+        getattr(generation, "eos_token_id", None) if generation is not None else model.config.eos_token_id
+    )
     ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
