@@ -160,6 +160,12 @@ def test_disk_full_is_one_line_exit_1_and_keeps_what_finished(cli, server, tmp_p
 
 
 # --------------------------------------------------------------------------- item 9: the journal
+def _default_sigint() -> None:
+    # A child of a shell's background job starts with SIGINT ignored, and Python keeps it so: then
+    # Ctrl-C could not reach it. A user's terminal gives the default; so does this.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[Any], **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "charter", *map(str, args)],
@@ -168,6 +174,7 @@ def _start(args: list[Any], **env: str) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
