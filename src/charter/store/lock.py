@@ -118,6 +118,14 @@ def live_writer(db: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+def hang_up(lease: socket.socket) -> None:
+    """Tell the writer this reader is done: shut the connection down (a FIN goes out at once,
+    whatever else still refers to the socket), then close it."""
+    with contextlib.suppress(OSError):
+        lease.shutdown(socket.SHUT_RDWR)
+    lease.close()
+
+
 def ask_release(port: int, timeout: float = RELEASE_TIMEOUT_S) -> socket.socket:
     """Ask the writer on `port` to let go of the file; keep the returned socket open while reading.
 
@@ -126,7 +134,10 @@ def ask_release(port: int, timeout: float = RELEASE_TIMEOUT_S) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         sock.sendall(b"release\n")
-        reply = sock.makefile("rb").readline().strip()
+        # Closed here, not left to the garbage collector: a socket with a file object still open
+        # only really closes when that goes too, and the writer waits for the hang-up.
+        with sock.makefile("rb") as reader:
+            reply = reader.readline().strip()
     except BaseException:
         sock.close()
         raise

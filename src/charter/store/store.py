@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from charter.backends.base import Completion, TokenLogprob
 from charter.store.journal import Journal
-from charter.store.lock import LockHeld, ReleaseServer, WriterLock, ask_release, live_writer
+from charter.store.lock import LockHeld, ReleaseServer, WriterLock, ask_release, hang_up, live_writer
 from charter.store.schema import MIGRATIONS
 
 
@@ -161,7 +161,7 @@ class ReadConnection:
             self._con.close()
         finally:
             if self._lease is not None:
-                self._lease.close()
+                hang_up(self._lease)
                 self._lease = None
 
     def __enter__(self) -> ReadConnection:
@@ -205,7 +205,7 @@ def open_read_only(path: str | Path, config: dict[str, Any] | None = None) -> Re
                 try:
                     con = _connect_until(path, config, deadline)
                 except BaseException:
-                    lease.close()
+                    hang_up(lease)
                     raise
                 return ReadConnection(con, lease)
         if time.monotonic() >= deadline:
