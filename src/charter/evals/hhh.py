@@ -14,6 +14,7 @@ call ids behind it, so every number links back to its calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterator
@@ -297,7 +298,7 @@ def eval_hhh(
                     response_b=item.responses[1],
                 )
 
-    with Store(db) if not isinstance(db, Store) else _keep(db) as store:
+    with Store(db) if not isinstance(db, Store) else contextlib.nullcontext(db) as store:
         summary = run_chain(
             chain,
             command="eval",
@@ -324,19 +325,6 @@ def eval_hhh(
             progress=progress,
         )
         return _summarise(store, summary, seed)
-
-
-class _keep:
-    """A context manager that hands back a Store the caller owns (and does not close it)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def __enter__(self) -> Store:
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _eval_reward_model(
@@ -366,7 +354,7 @@ def _eval_reward_model(
         for text in (item.text_correct, item.text_incorrect):
             conversations.append(parse_transcript(text))
     started = time.perf_counter()
-    with Store(db) if not isinstance(db, Store) else _keep(db) as store:
+    with Store(db) if not isinstance(db, Store) else contextlib.nullcontext(db) as store:
         run_id, resumed = store.start_run(name, "eval", config)
         status = "failed"
         try:
