@@ -6,41 +6,53 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
-import pytest
 from charter_testkit import REPO, query, revise_args, run_charter, subprocess_env, write_prompts
 
-from charter.testing.fake_openai import FakeOpenAIServer
+from charter.testing.fake_openai import FakeOpenAIServer, default_responder
 
 
-@pytest.fixture
-def own_server():
-    """A server only this test's run talks to: the shared one may still get a straggler's requests,
-    and the test paces itself by the request count."""
-    with FakeOpenAIServer() as srv:
-        yield srv
+class _Gate:
+    """A responder that answers only as many requests as the test has allowed so far.
+
+    It blocks the fake server's loop while the run waits, so the run cannot finish (or race ahead)
+    while the test looks at it, however slowly the looking processes start on a loaded machine.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.allowed = 0
+        self.served = 0
+
+    def __call__(self, req):
+        with self._cond:
+            # Far below the client's 120 s request timeout; a stuck test fails instead of hanging.
+            self._cond.wait_for(lambda: self.served < self.allowed, timeout=100)
+            self.served += 1
+        return default_responder(req)
+
+    def allow(self, n: float) -> None:
+        with self._cond:
+            self.allowed = n
+            self._cond.notify_all()
+
+    def wait_served(self, n: int, proc: subprocess.Popen[str]) -> None:
+        deadline = time.monotonic() + 120
+        while self.served < n and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended too early: {proc.communicate()[1]}"
+        assert self.served >= n, f"the run made only {self.served} of {n} calls in 120 s"
 
 
-def _wait(server, proc, count: int) -> None:
-    deadline = time.monotonic() + 120
-    while server.request_count < count and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended too early: {proc.communicate()[1]}"
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="in two of four full-suite runs the writer stopped flushing after the first reader "
-    "(readers saw the same rows at every look); alone it passes; under investigation (issue 12 item 13)",
-)
-def test_sql_status_and_export_work_while_a_run_writes(cli, own_server, tmp_path):
-    server = own_server
-    total = 90
+def test_sql_status_and_export_work_while_a_run_writes(cli, tmp_path):
+    gate = _Gate()
+    total = 30  # x 3 calls (respond, critique, revise)
     prompts = write_prompts(tmp_path / "p.jsonl", [f"Red-team prompt number {i}?" for i in range(total)])
     db = tmp_path / "live.duckdb"
+    server = FakeOpenAIServer(responder=gate).start()
     args = revise_args(prompts, db, server, "--rounds", "1", "--concurrency", "2", "--run-name", "live")
-    server.latency_s = 0.2
     proc = subprocess.Popen(
         [sys.executable, "-m", "charter", *map(str, args)],
         env=subprocess_env(CHARTER_PROGRESS_SECONDS="0.5"),
@@ -51,8 +63,9 @@ def test_sql_status_and_export_work_while_a_run_writes(cli, own_server, tmp_path
     )
     try:
         seen = []
-        for look in range(3):
-            _wait(server, proc, 10 + 20 * look)
+        for look in range(2):
+            gate.allow(10 + 30 * look)
+            gate.wait_served(10 + 30 * look, proc)
             # Each look is another process, as a user in another terminal would run it.
             sql = run_charter("sql", db, "SELECT count(*) AS n FROM calls", "--format", "json")
             assert sql.code == 0, sql.stderr
@@ -73,11 +86,14 @@ def test_sql_status_and_export_work_while_a_run_writes(cli, own_server, tmp_path
         second = cli(*revise_args(prompts, db, server, "--rounds", "0", "--run-name", "other"))
         assert second.code == 2
         assert f"database {db} is in use by PID {proc.pid}" in second.stderr
+        gate.allow(float("inf"))
         _, stderr = proc.communicate(timeout=300)
     finally:
+        gate.allow(float("inf"))
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        server.stop()
     assert proc.returncode == 0, stderr
     assert query(db, "SELECT count(*) FROM sft_examples") == [(total,)]
     assert query(db, "SELECT count(*) FROM runs") == [(1,)]  # the refused writer recorded nothing
