@@ -35,7 +35,7 @@ from charter.labels import parse_transcript
 from charter.records import Message, PromptRecord
 from charter.resources import builtin_data_dir
 from charter.runner import RunnerOptions
-from charter.session import RunSummary, run_chain
+from charter.session import CallSettings, Job, RunSummary, run_chain
 from charter.steps.base import Chain, Step, StepContext
 from charter.steps.rl import LabelCoT, LabelMC, PairItem
 from charter.store.store import Store
@@ -299,7 +299,7 @@ def eval_hhh(
                 )
 
     with Store(db) if not isinstance(db, Store) else contextlib.nullcontext(db) as store:
-        summary = run_chain(
+        job: Job[PairItem] = Job(
             chain,
             command="eval",
             config=config,
@@ -312,11 +312,12 @@ def eval_hhh(
             rows=lambda run_id, item: _item_rows(
                 run_id, item, correct_of=correct_of, model=model, method=method
             ),
-            db=store,
+        )
+        call = CallSettings(
             model=model,
             api_base=api_base,
-            params=params,
-            options=options,
+            params=params or {},
+            options=options or RunnerOptions(),
             mode=chosen_mode,
             seed=seed,
             few_shot=few_shot,
@@ -324,6 +325,7 @@ def eval_hhh(
             backend=wrapped,
             progress=progress,
         )
+        summary = run_chain(job, call, store)
         return _summarise(store, summary, seed)
 
 
