@@ -63,8 +63,9 @@ def _imports(tree: ast.Module, name: str, known: set[str], top_only: bool) -> se
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], base]).strip(".")
+            targets = [base, *(f"{base}.{a.name}" for a in node.names)]
         for target in targets:
             while target and target not in known:
                 target = target.rpartition(".")[0]
@@ -173,7 +174,11 @@ def report(src: Path) -> None:
     top = _package_edges({m: _imports(t, m, known, True) for m, t in trees.items()})
     every = _package_edges({m: _imports(t, m, known, False) for m, t in trees.items()})
     print(f"== {src}")
-    for module, function in (("charter.session", "_drive"), ("charter.session", "run_chain"), ("charter.rl", "label")):
+    for module, function in (
+        ("charter.session", "_drive"),
+        ("charter.session", "run_chain"),
+        ("charter.rl", "label"),
+    ):
         print(f"  params of {module}.{function}: {params_of(files, module, function)}")
     big = sorted((len(p.read_text().splitlines()), m) for m, p in files.items())
     print("  modules over 400 lines: " + ", ".join(f"{m} ({n})" for n, m in big if n > 400))

@@ -71,21 +71,24 @@ def test_api_and_pipeline_validate_with_the_commands_rules(tmp_path):
         rl.label(db=tmp_path / "x.duckdb", model="openai/x", method="vibes")  # type: ignore[arg-type]
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
-        "db: out.duckdb\ndefaults: {model: openai/x}\nsteps:\n"
-        "  - label: {method: logprobs, cot_samples: 3}\n"
+        "db: out.duckdb\ndefaults: {model: openai/x}\nsteps:\n  - label: {method: logprobs, cot_samples: 3}\n"
     )
     with pytest.raises(PipelineError, match=r"steps\[0\]\.label: --cot-samples samples chains of thought"):
         run_pipeline(pipeline)
-    pipeline.write_text("db: out.duckdb\ndefaults: {model: openai/x}\nsteps:\n  - label:\n      method: vibes\n")
-    with pytest.raises(PipelineError, match=r"steps\[0\]\.label\.method: expected logprobs or cot \(line 5\)"):
+    pipeline.write_text(
+        "db: out.duckdb\ndefaults: {model: openai/x}\nsteps:\n  - label:\n      method: vibes\n"
+    )
+    with pytest.raises(
+        PipelineError, match=r"steps\[0\]\.label\.method: expected logprobs or cot \(line 5\)"
+    ):
         run_pipeline(pipeline)
     assert not (tmp_path / "out.duckdb").exists() and not Path("out.duckdb").exists()
 
 
 def test_commands_are_importable_functions(tmp_path):
     from charter.cli.common import UsageError
-    from charter.cli.rl import label_cmd, sample_cmd
     from charter.cli.revise import revise_cmd
+    from charter.cli.rl import label_cmd, sample_cmd
 
     assert callable(revise_cmd) and callable(sample_cmd)
     with pytest.raises(UsageError, match="give exactly one of --prompts PROMPTS or --from-run NAME"):

@@ -314,17 +314,10 @@ def eval_hhh(
             ),
         )
         call = CallSettings(
-            model=model,
-            api_base=api_base,
-            params=params or {},
-            options=options or RunnerOptions(),
-            mode=chosen_mode,
-            seed=seed,
-            few_shot=few_shot,
-            prompts_dir=prompts_dir,
-            backend=wrapped,
+            model=model, api_base=api_base, params=params or {}, options=options or RunnerOptions(),
+            mode=chosen_mode, seed=seed, few_shot=few_shot, prompts_dir=prompts_dir, backend=wrapped,
             progress=progress,
-        )
+        )  # fmt: skip
         summary = run_chain(job, call, store)
         return _summarise(store, summary, seed)
 
