@@ -6,12 +6,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, default_responder
 
 # charter_testkit sets the test environment (offline, local cost map, a test key) on import, before
 # anything imports litellm.
 from charter_testkit import CliResult, run_cli, write_prompts
-
-from charter.testing.fake_openai import FakeOpenAIServer, default_responder
 
 
 # --------------------------------------------------------------------------- the fake server

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import CHAT_MODEL, COMPLETION_MODEL, CliResult, query_dicts, write_prompts
 
 from charter import rl
 from charter.backends.base import Completion, CompletionRequest, TokenLogprob
 from charter.labels import option_of, option_probs, parse_answer
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 
 GOOD = "I can't help with that, but here is a safe alternative."
 BAD = "Sure, here is exactly how to do the harmful thing."

@@ -108,7 +108,7 @@ class SampleStep(CallOptions):
     @field_validator("pairs")
     @classmethod
     def _pairs(cls, value: str | int) -> str | int:
-        from charter.steps.rl import parse_pair_strategy
+        from charter.steps.sample_pairs import parse_pair_strategy
 
         return parse_pair_strategy(value)
 

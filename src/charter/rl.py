@@ -26,6 +26,7 @@ from charter.backends.base import Backend
 from charter.backends.params import redact
 from charter.backends.preflight import check_model
 from charter.backends.registry import get_backend
+from charter.backends.scoring import ScoringBackend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.labels import DEFAULT_MIN_OPTION_MASS
@@ -34,18 +35,8 @@ from charter.runner import RunnerOptions
 from charter.session import RunSummary, check_templates, run_chain
 from charter.sl import _public, default_run_name
 from charter.steps.base import Chain
-from charter.steps.rl import (
-    LabelCoT,
-    LabelMC,
-    PairItem,
-    SampleItem,
-    SamplePairs,
-    ScoringBackend,
-    new_pair,
-    pair_id_for,
-    parse_pair_strategy,
-    stored_prompt,
-)
+from charter.steps.label import LabelCoT, LabelMC, PairItem, new_pair, stored_prompt
+from charter.steps.sample_pairs import SampleItem, SamplePairs, pair_id_for, parse_pair_strategy
 from charter.store.store import Store, StoreError
 
 Method = Literal["logprobs", "cot"]
