@@ -118,7 +118,7 @@ class LabelStep(CallOptions):
 
     name: str | None = None
     constitution: str = "anthropic-rl"
-    method: Literal["logprobs", "cot"] = "logprobs"
+    method: str = "logprobs"  # a registered label method (charter.plugins.get_label_methods)
     ensemble: int = Field(default=1, ge=1)
     swap: bool = False
     clamp: tuple[float, float] | None = None
@@ -143,6 +143,14 @@ class LabelStep(CallOptions):
             return parse_clamp(value)
         return value
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        from charter.rl import label_method
+
+        label_method(value)
+        return value
+
     @field_validator("clamp")
     @classmethod
     def _clamp_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -154,12 +162,21 @@ class LabelStep(CallOptions):
 class ExportStep(_Strict):
     """`charter export`."""
 
-    dataset: Literal["sft", "preferences"]
+    dataset: str
     out: str
-    schema_: Literal["trl", "hf-cai"] = Field(default="trl", alias="schema")
+    schema_: str = Field(default="trl", alias="schema")
     format: Literal["jsonl", "parquet"] | None = None
     run: str | None = None
     where: str | None = None
+
+
+    @model_validator(mode="after")
+    def _registered(self) -> ExportStep:
+        # The shapes come from the exporter registry (plugins add their own), not from a list here.
+        from charter.export import exporter_for
+
+        exporter_for(self.dataset, self.schema_)
+        return self
 
 
 class TrainStep(_Strict):

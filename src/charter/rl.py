@@ -35,12 +35,12 @@ from charter.runner import RunnerOptions
 from charter.session import RunSummary, check_templates, run_chain
 from charter.sl import _public, default_run_name
 from charter.steps.base import Chain
-from charter.steps.label import LabelCoT, LabelMC, PairItem, new_pair, stored_prompt
+from charter.steps.label import Labeler, PairItem, new_pair, stored_prompt
 from charter.steps.sample_pairs import SampleItem, SamplePairs, pair_id_for, parse_pair_strategy
 from charter.store.store import Store, StoreError
 
-Method = Literal["logprobs", "cot"]
-METHODS = ("logprobs", "cot")
+Method = str  # a registered label method: the core's "logprobs" or "cot", or a plugin's
+METHODS = ("logprobs", "cot")  # the core's own; `label_method()` knows every installed one
 
 
 @dataclass
@@ -316,6 +316,19 @@ def _pairs_sql(run_ids: list[str] | None) -> tuple[str, list[Any]]:
     return sql, params
 
 
+def label_method(name: str) -> type[Labeler]:
+    """The installed label method called `name` (`register_label_methods`); an unknown name is a
+    ValueError that lists the installed ones."""
+    from charter.plugins import get_label_methods
+
+    methods = get_label_methods()
+    if name not in methods:
+        raise ValueError(
+            f"--method {name!r}: expected one of {', '.join(sorted(methods))} (the installed label methods)"
+        )
+    return methods[name]  # type: ignore[no-any-return]
+
+
 def label(
     *,
     db: str | Path | Store,
@@ -360,11 +373,11 @@ def label(
     """
     if not 0 <= max_flagged <= 1:
         raise ValueError(f"--max-flagged {max_flagged}: expected a fraction from 0 to 1")
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r}: expected logprobs or cot")
+    method_cls = label_method(method)
     if mode is not None and mode not in ("chat", "completion"):
         raise ValueError(f"--mode {mode!r}: expected chat or completion")
-    if cot_samples != 1 and method != "cot":
+    takes_samples = "cot_samples" in method_cls.options
+    if cot_samples != 1 and not takes_samples:
         raise ValueError("--cot-samples samples chains of thought: it needs --method cot")
     _require_db(db)
     constitution_obj = (
@@ -386,11 +399,9 @@ def label(
     }
     if clamp is not None:
         common["clamp"] = clamp
-    step: LabelMC | LabelCoT = (
-        LabelMC(constitution_obj, **common)
-        if method == "logprobs"
-        else LabelCoT(constitution_obj, cot_samples=cot_samples, **common)
-    )
+    if takes_samples:
+        common["cot_samples"] = cot_samples
+    step = method_cls(constitution_obj, **common)
     chain: Chain[PairItem] = Chain([step])
     check_templates(chain, chosen_mode, prompts_dir)
     runs = [from_run] if isinstance(from_run, str) else from_run
@@ -416,7 +427,7 @@ def label(
             "limit": limit,
             "scores": wrapped.can_score,
             "min_option_mass": min_option_mass,
-            "cot_samples": cot_samples if method == "cot" else None,
+            "cot_samples": cot_samples if takes_samples else None,
             "chain": chain.describe(),
         }
         name = run_name or default_run_name("label", config)
@@ -437,7 +448,7 @@ def label(
             done_column="pair_id",
             item_id=lambda item: item.pair_id,
             rows=functools.partial(
-                label_rows, model=model, method=method, cot_samples=cot_samples if method == "cot" else None
+                label_rows, model=model, method=method, cot_samples=cot_samples if takes_samples else None
             ),
             db=store,
             model=model,

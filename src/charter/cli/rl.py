@@ -114,7 +114,9 @@ def register(app: typer.Typer) -> None:
         model: str = common.ModelOpt,
         constitution: str = typer.Option("anthropic-rl", "--constitution", help="Name or path."),
         method: str = typer.Option(
-            "logprobs", "--method", help="logprobs (multiple choice) | cot (chain of thought)."
+            "logprobs",
+            "--method",
+            help="logprobs (multiple choice) | cot (chain of thought) | a plugin's (charter plugins lists them).",
         ),
         ensemble: int = typer.Option(
             1, "--ensemble", min=1, help="Principles drawn per pair; labels averaged."
@@ -182,11 +184,13 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """RL-CAI: label every unlabeled pair in DB with the feedback model's soft preference."""
-        from charter.rl import METHODS, label
+        from charter.rl import label, label_method
 
-        if method not in METHODS:
-            raise common.UsageError(f"--method {method!r}: expected logprobs or cot")
-        if cot_samples > 1 and method != "cot":
+        try:
+            method_cls = label_method(method)
+        except ValueError as exc:
+            raise common.UsageError(str(exc)) from None
+        if cot_samples > 1 and "cot_samples" not in method_cls.options:
             raise common.UsageError("--cot-samples samples chains of thought: it needs --method cot")
         if cot_samples > 1 and votes > 1:
             raise common.UsageError("--cot-samples and --votes both sample the reasoning: give one of them")
@@ -194,7 +198,7 @@ def register(app: typer.Typer) -> None:
             db=db,
             model=model,
             constitution=constitution,
-            method="cot" if method == "cot" else "logprobs",
+            method=method,
             ensemble=ensemble,
             swap=swap,
             clamp=common.parse_clamp(clamp) if clamp is not None else None,

@@ -13,7 +13,7 @@ that cannot be read is retried with a new `sample_index` and, if it still cannot
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from charter.backends.scoring import SCORE_OPTIONS, SCORE_PARAM
@@ -42,8 +42,10 @@ class _Answer:
 
 
 @dataclass
-class _Read:
-    """One answer call read: P(A) as presented, where it came from, the letter, the evidence."""
+class LabelRead:
+    """One answer call read (`Labeler.read`): P(A) as presented, where it came from (`scores`,
+    `logprobs`, `parsed`), the letter, and the log-probability evidence (`charter.labels.Reading`:
+    position, token, option mass)."""
 
     result: CallResult
     prob_a: float | None = None
@@ -52,15 +54,17 @@ class _Read:
     evidence: Reading | None = None
 
 
-@dataclass
-class _Question:
-    """One question about a pair: its ensemble member, principle, option order and few-shot."""
+@dataclass(frozen=True)
+class Query:
+    """One question about a pair (`Labeler.render` renders it): its ensemble member, principle,
+    option order (`swapped`: response_b is shown as option A), few-shot examples and attempt number."""
 
     item: PairItem
     member: int
     principle: Principle
     swapped: bool
     few_shot: Any
+    attempt: int = 0
 
 
 @dataclass
@@ -79,10 +83,21 @@ def _defaults(ctx: StepContext, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in ctx.params}
 
 
-class _Labeler(Step[PairItem]):
-    """What LabelMC and LabelCoT share: principle draws, few-shot, swap, ensemble, aggregation."""
+class Labeler(Step[PairItem]):
+    """A labeling method: what LabelMC, LabelCoT and a plugin's method share (principle draws,
+    few-shot, swap, ensemble, retries, votes, aggregation into one soft label).
+
+    A method registers its subclass under `method` (the `register_label_methods` hook) and provides
+    `template_name(mode)` and `few_shot(ctx, rng)`; by default each attempt renders the question
+    (`render`), asks it (exact scores where the backend has a `Scorer`, else log-probabilities) and
+    reads the answer (`read`). Override `read` to read answers another way, or `_attempt` for a
+    different conversation (LabelCoT reasons first). Keyword options beyond the common ones are
+    named in `options` (LabelCoT: `cot_samples`).
+    """
 
     method = "label"
+    # Method-specific keyword options `charter label` passes on (the common ones always go).
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -134,27 +149,46 @@ class _Labeler(Step[PairItem]):
     # Request defaults for an attempt (the user's --param values override them).
     attempt_params: ClassVar[dict[str, Any]] = {}
 
+    # The `kind` of this method's answer queries in `feedback_queries`.
+    query_kind = "mc"
+
     async def _attempt(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         attempt: int,
         params: dict[str, Any],
         sample: int,
     ) -> _Try:
-        raise NotImplementedError
+        """One attempt: render the question, ask it and read the answer."""
+        rendered = self.render(ctx, q)
+        read = await self._read(ctx, "label", rendered, attempt, **params)
+        query = self._read_query(q, self.query_kind, attempt, read)
+        return _Try(read.prob_a, read.source, query, rendered=rendered)
 
     async def _votes(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         queries: list[FeedbackQuery],
         first: _Try,
     ) -> _Answer:
-        raise NotImplementedError
+        """`votes` samples of the same question at temperature 1; P(A) is the share that says A."""
+        assert first.rendered is not None
+        rendered = first.rendered
+        params = _defaults(ctx, {"max_tokens": 8, "temperature": 1.0})
+        draws = await self._vote_sampler.draw(ctx, "label_vote", rendered, self.votes, **params)
+        letters: list[str | None] = []
+        for j, d in enumerate(draws):
+            letter = parse_answer(d.text)
+            letters.append(letter)
+            prob = None if letter is None else float(letter == "A")
+            queries.append(self._query(q, "vote", j, d, letter, prob, "vote"))
+        prob_a = _vote(letters)
+        return _Answer(prob_a is not None, [] if prob_a is None else [prob_a], "vote", None, queries)
 
     # -- shared --------------------------------------------------------------------------------
-    async def ask(self, q: _Question, ctx: StepContext) -> _Answer:
+    async def ask(self, q: Query, ctx: StepContext) -> _Answer:
         """One (member, order) answer: one question, or `samples` of them drawn at temperature 1.
 
         Each sample is asked until it can be read (`max_parse_retries` re-asks). Sample `s` numbers
@@ -182,7 +216,7 @@ class _Labeler(Step[PairItem]):
     async def _ask_sample(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         base: dict[str, Any],
         sample: int,
     ) -> _Answer:
@@ -191,7 +225,7 @@ class _Labeler(Step[PairItem]):
         first = sample * (self.max_parse_retries + 1)
         for retry in range(self.max_parse_retries + 1):
             params = self._retry_params(ctx, retry, base)
-            got = await self._attempt(ctx, q, first + retry, params, sample)
+            got = await self._attempt(ctx, replace(q, attempt=first + retry), first + retry, params, sample)
             queries.append(got.query)
             if got.source == "parsed" and self.votes > 1:
                 return await self._votes(ctx, q, queries, got)
@@ -206,10 +240,10 @@ class _Labeler(Step[PairItem]):
         """The prompt templates this step renders in `mode` (loaded up front by `run_chain`)."""
         return [self.template or self.template_name(mode)]
 
-    def _render(
+    def render(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         **extra: Any,
     ) -> RenderedPrompt:
         item = q.item
@@ -253,8 +287,8 @@ class _Labeler(Step[PairItem]):
             wanted = {k: v for k, v in wanted.items() if k not in ("logprobs", "top_logprobs")}
             return await ctx.complete(step, rendered, sample_index=sample_index, **wanted)
 
-    def _reading(self, result: CallResult, *, after_prefix: bool, parse: Any = parse_answer) -> _Read:
-        """P(A) at the answer position when the options hold `min_option_mass` there, else parsed."""
+    def read(self, result: CallResult, *, after_prefix: bool, parse: Any = parse_answer) -> LabelRead:
+        """Read one answer call: P(A) at the answer position when the options hold `min_option_mass` there, else parsed."""
         completion = result.completion
         evidence = None
         if completion.logprobs and completion.logprobs[0]:
@@ -262,15 +296,15 @@ class _Labeler(Step[PairItem]):
                 completion.logprobs[0], min_mass=self.min_option_mass, after_prefix=after_prefix
             )
             if evidence.prob_a is not None:
-                return _Read(result, evidence.prob_a, "logprobs", evidence.letter, evidence)
+                return LabelRead(result, evidence.prob_a, "logprobs", evidence.letter, evidence)
         answer = parse(completion.text)
         if answer is None:
-            return _Read(result, evidence=evidence)
-        return _Read(result, 1.0 if answer == "A" else 0.0, "parsed", answer, evidence)
+            return LabelRead(result, evidence=evidence)
+        return LabelRead(result, 1.0 if answer == "A" else 0.0, "parsed", answer, evidence)
 
     async def _read(
         self, ctx: StepContext, step: str, rendered: RenderedPrompt, attempt: int, **params: Any
-    ) -> _Read:
+    ) -> LabelRead:
         """Ask for the answer to `rendered` and read it (exact scores where the backend has them)."""
         if self._can_score(ctx, rendered):
             scoring: dict[str, Any] = {SCORE_PARAM: SCORE_OPTIONS}
@@ -278,11 +312,11 @@ class _Labeler(Step[PairItem]):
             if result.completion.logprobs and result.completion.logprobs[0]:
                 scored = read_scores(result.completion.logprobs[0][0])
                 if scored.prob_a is not None:
-                    return _Read(result, scored.prob_a, "scores", scored.letter, scored)
+                    return LabelRead(result, scored.prob_a, "scores", scored.letter, scored)
         result = await self._generate(
             ctx, step, rendered, attempt, self._logprob_params(ctx, rendered.mode), **params
         )
-        return self._reading(result, after_prefix=False)
+        return self.read(result, after_prefix=False)
 
     def _retry_params(self, ctx: StepContext, attempt: int, base: dict[str, Any]) -> dict[str, Any]:
         # A retry must be able to come out differently: sample it unless the user fixed a temperature.
@@ -294,13 +328,13 @@ class _Labeler(Step[PairItem]):
         rng = ctx.rng(state.pair_id, "principles")
         principles = self.constitution.sample(rng, k=self.ensemble, kind="feedback")
         orders = [False, True] if self.swap else [False]
-        jobs: list[_Question] = []
+        jobs: list[Query] = []
         for member, principle in enumerate(principles):
             few_shot = (
                 self.few_shot(ctx, ctx.rng(state.pair_id, f"few-shot:{member}")) if ctx.few_shot else None
             )
             for swapped in orders:
-                jobs.append(_Question(state, member, principle, swapped, few_shot))
+                jobs.append(Query(state, member, principle, swapped, few_shot))
         answers = await asyncio.gather(*(self.ask(job, ctx) for job in jobs))
         state.principles = [p.name for p in principles]
         state.queries = [q for a in answers for q in a.queries]
@@ -332,7 +366,7 @@ class _Labeler(Step[PairItem]):
 
     def _query(
         self,
-        q: _Question,
+        q: Query,
         kind: str,
         attempt: int,
         result: CallResult | Draw,
@@ -369,10 +403,10 @@ class _Labeler(Step[PairItem]):
 
     def _read_query(
         self,
-        q: _Question,
+        q: Query,
         kind: str,
         attempt: int,
-        read: _Read,
+        read: LabelRead,
         **extra: Any,
     ) -> FeedbackQuery:
         """`_query` for an answer call that was read."""

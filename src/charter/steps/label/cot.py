@@ -9,7 +9,7 @@ from charter.constitution import Constitution
 from charter.labels import fill_cot_example, parse_answer, split_cot_example, stated_answer
 from charter.runner import CallResult
 from charter.steps.base import StepContext
-from charter.steps.label.base import _Answer, _defaults, _Labeler, _Question, _Read, _Try, _vote
+from charter.steps.label.base import Labeler, LabelRead, Query, _Answer, _defaults, _Try, _vote
 from charter.steps.label.records import FeedbackQuery
 
 
@@ -19,12 +19,12 @@ class _Thought:
 
     reasoning_call: CallResult
     reasoning: str
-    read: _Read
+    read: LabelRead
     stated: str | None  # the answer the reasoning itself gives, as presented
     contradicts: bool | None  # the re-ask's answer differs from `stated` (None: no re-ask)
 
 
-class LabelCoT(_Labeler):
+class LabelCoT(Labeler):
     """Chain-of-thought label: "Let's think step by step:", then P(A)/P(B) after "So the answer is:".
 
     Chat mode asks for the reasoning to end with "So the answer is: (A)" / "(B)" and reads the
@@ -40,6 +40,8 @@ class LabelCoT(_Labeler):
 
     name = "label_cot"
     method = "cot"
+    query_kind = "cot"
+    options: ClassVar[tuple[str, ...]] = ("cot_samples",)
     attempt_params: ClassVar[dict[str, Any]] = {"max_tokens": 512}
     # Alternatives per position on the reasoning call (it is long: a smaller default keeps calls small).
     reasoning_top_logprobs = 5
@@ -84,11 +86,11 @@ class LabelCoT(_Labeler):
     async def _reason_and_answer(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         sample_index: int,
         reasoning_params: dict[str, Any],
     ) -> _Thought:
-        question = self._render(ctx, q, reasoning=None)
+        question = self.render(ctx, q, reasoning=None)
         one_call = question.mode == "chat"
         logprobs = self._logprob_params(ctx, "chat", self.reasoning_top_logprobs) if one_call else {}
         thought = await self._generate(
@@ -96,17 +98,17 @@ class LabelCoT(_Labeler):
         )
         reasoning = thought.completion.text.strip()
         if one_call:
-            read = self._reading(thought, after_prefix=True, parse=stated_answer)
+            read = self.read(thought, after_prefix=True, parse=stated_answer)
             if read.prob_a is not None:
                 return _Thought(thought, reasoning, read, stated_answer(reasoning), None)
         # No answer line (chat), or the paper's two steps (completion): ask "So the answer is:".
-        follow_up = self._render(ctx, q, reasoning=reasoning)
+        follow_up = self.render(ctx, q, reasoning=reasoning)
         answer_params = _defaults(ctx, {"max_tokens": 8, "temperature": 0.0})
         read = await self._read(ctx, "label_answer", follow_up, 0, **answer_params)
         stated = parse_answer(reasoning)
         if read.prob_a is None and stated is not None:
             # The answer call said nothing usable: the reasoning may say it.
-            read = _Read(read.result, 1.0 if stated == "A" else 0.0, "parsed", stated, read.evidence)
+            read = LabelRead(read.result, 1.0 if stated == "A" else 0.0, "parsed", stated, read.evidence)
             return _Thought(thought, reasoning, read, stated, None)
         contradicts = None if stated is None or read.answer is None else read.answer != stated
         return _Thought(thought, reasoning, read, stated, contradicts)
@@ -114,7 +116,7 @@ class LabelCoT(_Labeler):
     async def _attempt(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         attempt: int,
         params: dict[str, Any],
         sample: int,
@@ -135,7 +137,7 @@ class LabelCoT(_Labeler):
     async def _votes(
         self,
         ctx: StepContext,
-        q: _Question,
+        q: Query,
         queries: list[FeedbackQuery],
         first: _Try,
     ) -> _Answer:
