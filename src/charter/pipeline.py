@@ -169,7 +169,6 @@ class ExportStep(_Strict):
     run: str | None = None
     where: str | None = None
 
-
     @model_validator(mode="after")
     def _registered(self) -> ExportStep:
         # The shapes come from the exporter registry (plugins add their own), not from a list here.
