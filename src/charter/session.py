@@ -143,7 +143,7 @@ def run_chain(
 ) -> RunSummary:
     """Run `chain` over the items not yet in `done_table` for this run, storing `rows(run_id, item)`."""
     options = options or RunnerOptions()
-    from charter.backends.litellm_backend import split_params
+    from charter.backends.params import split_params
 
     request_params, _ = split_params(params or {})
     check_templates(chain, mode, prompts_dir)

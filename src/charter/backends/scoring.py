@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 
-from charter.backends.base import Backend, BackendError, Completion, CompletionRequest, TokenLogprob
+from charter.backends.base import Backend, BackendError, Completion, CompletionRequest, Scorer, TokenLogprob
 
-SCORE_PARAM = "score_options"
+# The options a multiple-choice label scores.
 SCORE_OPTIONS = [" (A)", " (B)"]
 
 
 class ScoringBackend:
     """Routes `score_options` through the runner like any call (cached, retried, stored in `calls`).
 
-    A request whose params carry `score_options: [...]` is answered by the wrapped backend's
+    A request with `score_options` is answered by the wrapped backend's (a `Scorer`)
     `score_options(prompt, options)`, returned as a one-token completion whose top log-probabilities
     are the exact option scores; everything else goes to the wrapped backend unchanged.
     """
@@ -21,16 +21,16 @@ class ScoringBackend:
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.name = inner.name
-        self.can_score = callable(getattr(inner, "score_options", None))
+        self.can_score = isinstance(inner, Scorer)
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        options = request.params.get(SCORE_PARAM)
+        options = request.score_options
         if options is None:
             return await self.inner.complete(request)
-        if not self.can_score or request.prompt is None:
+        if not isinstance(self.inner, Scorer) or request.prompt is None:
             raise BackendError("this backend cannot score options", retryable=False)
         started = time.perf_counter()
-        scores = await self.inner.score_options(request.prompt, list(options))  # type: ignore[attr-defined]
+        scores = await self.inner.score_options(request.prompt, list(options))
         best = max(range(len(options)), key=lambda i: scores[i])
         top = {str(o): float(s) for o, s in zip(options, scores, strict=True)}
         return Completion(

@@ -16,7 +16,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from charter.backends.scoring import SCORE_OPTIONS, SCORE_PARAM
+from charter.backends.scoring import SCORE_OPTIONS
 from charter.constitution import Constitution, Principle, load_constitution
 from charter.labels import DEFAULT_MIN_OPTION_MASS, Reading, clamp, parse_answer, read_answer, read_scores
 from charter.prompts import RenderedPrompt
@@ -307,8 +307,8 @@ class Labeler(Step[PairItem]):
     ) -> LabelRead:
         """Ask for the answer to `rendered` and read it (exact scores where the backend has them)."""
         if self._can_score(ctx, rendered):
-            scoring: dict[str, Any] = {SCORE_PARAM: SCORE_OPTIONS}
-            result = await ctx.runner.call(step, ctx.request(rendered, **scoring))
+            scoring = ctx.request(rendered).model_copy(update={"score_options": SCORE_OPTIONS})
+            result = await ctx.runner.call(step, scoring)
             if result.completion.logprobs and result.completion.logprobs[0]:
                 scored = read_scores(result.completion.logprobs[0][0])
                 if scored.prob_a is not None:
