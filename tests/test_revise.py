@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from charter_testing.fake_openai import FakeRequest, default_responder
 from charter_testkit import (
     CHAT_MODEL,
     columns,
@@ -18,7 +19,6 @@ from charter_testkit import (
 )
 
 from charter.constitution import load_constitution
-from charter.testing.fake_openai import FakeRequest, default_responder
 
 SL = load_constitution("anthropic-sl")
 HUMAN_STOP = "\n\nHuman:"

@@ -100,12 +100,20 @@ _TASK_STEPS: dict[str, Task] = {"revise": REVISE, "sample": SAMPLE, "label": LAB
 class ExportStep(_Strict):
     """`charter export`."""
 
-    dataset: Literal["sft", "preferences"]
+    dataset: str
     out: str
-    schema_: Literal["trl", "hf-cai"] = Field(default="trl", alias="schema")
+    schema_: str = Field(default="trl", alias="schema")
     format: Literal["jsonl", "parquet"] | None = None
     run: str | None = None
     where: str | None = None
+
+    @model_validator(mode="after")
+    def _registered(self) -> ExportStep:
+        # The shapes come from the exporter registry (plugins add their own), not from a list here.
+        from charter.export import exporter_for
+
+        exporter_for(self.dataset, self.schema_)
+        return self
 
 
 class TrainStep(_Strict):

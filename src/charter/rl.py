@@ -25,6 +25,7 @@ from typing import Any, Literal
 from charter.backends.base import Backend
 from charter.backends.preflight import check_model
 from charter.backends.registry import get_backend
+from charter.backends.scoring import ScoringBackend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.records import PromptRecord, messages_to_dicts
@@ -32,23 +33,14 @@ from charter.runner import RunnerOptions
 from charter.session import Job, RunSummary, check_templates, run_chain
 from charter.sl import default_run_name
 from charter.steps.base import Chain
-from charter.steps.rl import (
-    LabelCoT,
-    LabelMC,
-    PairItem,
-    SampleItem,
-    SamplePairs,
-    ScoringBackend,
-    new_pair,
-    pair_id_for,
-    stored_prompt,
-)
+from charter.steps.label import PairItem, new_pair, stored_prompt
+from charter.steps.sample_pairs import SampleItem, SamplePairs, pair_id_for
 from charter.store.store import Store, StoreError
-from charter.tasks.label import LABEL, LabelConfig, label_methods
+from charter.tasks.label import LABEL, LabelConfig, label_method
 from charter.tasks.sample import SAMPLE, SampleConfig
 
-Method = Literal["logprobs", "cot"]
-METHODS = label_methods()
+Method = str  # a registered label method: the core's "logprobs" or "cot", or a plugin's
+METHODS = ("logprobs", "cot")  # the core's own; `label_method()` knows every installed one
 
 
 @dataclass
@@ -356,11 +348,10 @@ def run_label(
     }
     if config.clamp is not None:
         common["clamp"] = config.clamp
-    step: LabelMC | LabelCoT = (
-        LabelMC(constitution_obj, **common)
-        if method == "logprobs"
-        else LabelCoT(constitution_obj, cot_samples=cot_samples, **common)
-    )
+    takes_samples = config.takes_samples
+    if takes_samples:
+        common["cot_samples"] = cot_samples
+    step = label_method(method)(constitution_obj, **common)
     chain: Chain[PairItem] = Chain([step])
     check_templates(chain, chosen_mode, config.prompts_dir)
     runs = config.runs
@@ -384,7 +375,7 @@ def run_label(
             "limit": config.limit,
             "scores": wrapped.can_score,
             "min_option_mass": config.min_option_mass,
-            "cot_samples": cot_samples if method == "cot" else None,
+            "cot_samples": cot_samples if takes_samples else None,
             "chain": chain.describe(),
         }
         name = config.run_name or default_run_name("label", recorded)
@@ -408,7 +399,7 @@ def run_label(
                 label_rows,
                 model=config.model,
                 method=method,
-                cot_samples=cot_samples if method == "cot" else None,
+                cot_samples=cot_samples if takes_samples else None,
             ),
         )
         call = config.settings(
@@ -442,6 +433,7 @@ __all__ = [
     "SampleSummary",
     "default_label_mode",
     "label",
+    "label_method",
     "label_rows",
     "run_label",
     "run_sample",

@@ -159,7 +159,7 @@ class CallSettings:
 
 def run_chain(job: Job[S], call: CallSettings, db: str | Path | Store) -> RunSummary:
     """Run `job.chain` over the items not yet in `job.done_table` for this run, storing their rows."""
-    from charter.backends.litellm_backend import split_params
+    from charter.backends.params import split_params
 
     request_params, _ = split_params(call.params)
     check_templates(job.chain, call.mode, call.prompts_dir)

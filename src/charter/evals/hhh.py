@@ -37,7 +37,7 @@ from charter.resources import builtin_data_dir
 from charter.runner import RunnerOptions
 from charter.session import CallSettings, Job, RunSummary, run_chain
 from charter.steps.base import Chain, Step, StepContext
-from charter.steps.rl import LabelCoT, LabelMC, PairItem
+from charter.steps.label import LabelCoT, LabelMC, PairItem
 from charter.store.store import Store
 
 Method = Literal["logprobs", "cot", "cot-ensemble"]
@@ -262,7 +262,7 @@ def eval_hhh(
     if reward_model is not None:
         return _eval_reward_model(db, Path(reward_model), items, source, seed=seed, run_name=run_name)
     assert model is not None
-    from charter.steps.rl import ScoringBackend
+    from charter.backends.scoring import ScoringBackend
 
     inner = backend or get_backend(model, api_base=api_base, params=params)
     wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)

@@ -11,15 +11,21 @@ from charter.labels import DEFAULT_MIN_OPTION_MASS
 from charter.tasks.base import CALL_OPTIONS, Task
 
 
-def label_methods() -> tuple[str, ...]:
-    """The label methods `--method` accepts (the one place that lists them)."""
-    return ("logprobs", "cot")
+def label_method(name: str) -> Any:
+    """The installed label method called `name` (`register_label_methods`, the core's `logprobs`
+    and `cot` included); an unknown name is a ValueError that lists the installed ones."""
+    from charter.plugins import get_label_methods
+
+    methods = get_label_methods()
+    if name not in methods:
+        raise ValueError(
+            f"--method {name!r}: expected one of {', '.join(sorted(methods))} (the installed label methods)"
+        )
+    return methods[name]
 
 
 def _method(value: str) -> str:
-    methods = label_methods()
-    if value not in methods:
-        raise ValueError(f"expected {' or '.join(methods)}")
+    label_method(value)
     return value
 
 
@@ -35,7 +41,8 @@ class LabelConfig(TaskConfig):
 
     constitution: PathText = option("anthropic-rl", "Name or path.")
     method: Annotated[str, AfterValidator(_method)] = option(
-        "logprobs", "logprobs (multiple choice) | cot (chain of thought)."
+        "logprobs",
+        "logprobs (multiple choice) | cot (chain of thought) | a plugin's (charter plugins lists them).",
     )
     ensemble: int = option(1, "Principles drawn per pair; labels averaged.", ge=1)
     swap: bool = option(
@@ -80,11 +87,16 @@ class LabelConfig(TaskConfig):
 
     @model_validator(mode="after")
     def _sampling(self) -> LabelConfig:
-        if self.cot_samples != 1 and self.method != "cot":
+        if self.cot_samples != 1 and not self.takes_samples:
             raise ValueError("--cot-samples samples chains of thought: it needs --method cot")
         if self.cot_samples > 1 and self.votes > 1:
             raise ValueError("--cot-samples and --votes both sample the reasoning: give one of them")
         return self
+
+    @property
+    def takes_samples(self) -> bool:
+        """The method samples several chains of thought (`--cot-samples`)."""
+        return "cot_samples" in label_method(self.method).options
 
     @property
     def runs(self) -> list[str] | None:

@@ -11,7 +11,7 @@ from charter.tasks.base import CALL_OPTIONS, Task
 
 
 def _pairs(value: str | int) -> str | int:
-    from charter.steps.rl import parse_pair_strategy
+    from charter.steps.sample_pairs import parse_pair_strategy
 
     return parse_pair_strategy(value)
 
