@@ -1,6 +1,6 @@
 """Shared helpers for the benchmarks: the local fake server, prompts files, child processes.
 
-Every benchmark talks to 127.0.0.1 only: `charter.testing.fake_openai` runs in its own process with a
+Every benchmark talks to 127.0.0.1 only: `charter_testing.fake_openai` runs in its own process with a
 fixed latency, so what is measured is the client side (charter, LiteLLM or the openai client).
 """
 
@@ -18,14 +18,18 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-if str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+# The fake server lives in its own distribution (plugins/charter-testing); `make install` installs it,
+# and this makes a bare checkout work too.
+TESTING = ROOT / "plugins" / "charter-testing" / "src"
+for _path in (TESTING, SRC):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 @contextlib.contextmanager
 def fake_server(latency_ms: float, logprobs: bool = True) -> Iterator[str]:
     """Run the fake OpenAI-compatible server in a subprocess; yields its base URL."""
-    from charter.testing.fake_openai import start_subprocess
+    from charter_testing.fake_openai import start_subprocess
 
     proc, url = start_subprocess(latency_ms=latency_ms, logprobs=logprobs)
     try:

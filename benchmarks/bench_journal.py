@@ -27,8 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SRC, write_prompts
-
-from charter.testing.fake_openai import FakeOpenAIServer
+from charter_testing.fake_openai import FakeOpenAIServer
 
 
 def _env(journal: bool) -> dict[str, str]:

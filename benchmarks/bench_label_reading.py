@@ -5,7 +5,7 @@
 
 Each column runs in its own process with that checkout's `charter` first on the path; the replies come
 from the fake OpenAI server (127.0.0.1) tokenized by a byte-level BPE trained in memory with the
-`tokenizers` library (this checkout's `charter/testing/tokenization.py`, loaded by file path so the
+`tokenizers` library (this checkout's `charter_testing/tokenization.py`, loaded by file path so the
 baseline needs no copy of it), which splits " (B)" into " (", "B", ")" as GPT-2-style tokenizers do.
 
 Rows: the issue's constructed wrong-token case (" (" at 0.95 with " A" at 0.01 among its alternatives,
@@ -30,13 +30,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve()
 SRC = HERE.parents[1] / "src"
+# The fake server and tokenizer (plugins/charter-testing), this checkout's whichever charter is measured.
+TESTING = HERE.parents[1] / "plugins" / "charter-testing" / "src"
 REASONING = "Option (A) declines politely and offers help; option (B) gives harmful detail."
 
 
 def _tokenization() -> Any:
-    """This checkout's `charter.testing.tokenization`, whichever `charter` is imported."""
+    """This checkout's `charter_testing.tokenization`, whichever `charter` is imported."""
     spec = importlib.util.spec_from_file_location(
-        "bench_tokenization", SRC / "charter" / "testing" / "tokenization.py"
+        "bench_tokenization", TESTING / "charter_testing" / "tokenization.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -45,10 +47,11 @@ def _tokenization() -> Any:
 
 
 def _measure() -> dict[str, Any]:
+    from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest
+
     from charter import rl
     from charter.backends.base import TokenLogprob
     from charter.labels import option_probs
-    from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest
 
     bpe = _tokenization().BPEReplies.train()
     wrong = bpe.answer(
@@ -122,7 +125,12 @@ def _measure() -> dict[str, Any]:
 
 
 def _child(src: Path) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(src), LITELLM_LOCAL_MODEL_COST_MAP="True", HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(src), str(TESTING)]),
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        HF_HUB_OFFLINE="1",
+    )
     env.setdefault("OPENAI_API_KEY", "bench-key")
     done = subprocess.run(
         [sys.executable, str(HERE), "--child"], env=env, capture_output=True, text=True, check=False

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_throughput.py [--calls 2000] [--latency-ms 50]
         [--concurrency 16,64,256] [--modes ...] [--repeat 1]
 
-The fake OpenAI-compatible server (charter.testing.fake_openai) runs in its own process and answers
+The fake OpenAI-compatible server (charter_testing.fake_openai) runs in its own process and answers
 every request after --latency-ms, so the numbers measure the client side. Each measurement runs in a
 fresh child process (same interpreter, litellm already imported before the clock starts):
 

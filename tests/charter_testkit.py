@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from charter_testing.fake_openai import FakeOpenAIServer, FakeRequest
 from click.testing import CliRunner
-
-from charter.testing.fake_openai import FakeOpenAIServer, FakeRequest
 
 # Set on import, before anything imports litellm (nothing above does): no network, a test key.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -6,12 +6,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_backend import FakeBackend, backend_plugin
+from charter_testing.fake_openai import FakeOpenAIServer, default_responder
 
 # charter_testkit sets the test environment (offline, local cost map, a test key) on import, before
 # anything imports litellm.
 from charter_testkit import CliResult, run_cli, write_prompts
 
-from charter.testing.fake_openai import FakeOpenAIServer, default_responder
+
+# --------------------------------------------------------------------------- the in-process fake backend
+@pytest.fixture
+def fake_backend() -> Iterator[FakeBackend]:
+    """A `FakeBackend` registered for model strings `fake/...` (set its `responder`), for this test only."""
+    from charter.plugins import register_plugin, unregister_plugin
+
+    backend = FakeBackend()
+    plugin = backend_plugin(backend)
+    register_plugin(plugin, name="test-fake-backend")
+    yield backend
+    unregister_plugin(plugin)
 
 
 # --------------------------------------------------------------------------- the fake server

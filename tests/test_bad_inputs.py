@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer
 from charter_testkit import CHAT_MODEL, write_prompts
 
 from charter import inputs
-from charter.testing.fake_openai import FakeOpenAIServer
 
 
 @dataclass

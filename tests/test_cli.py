@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from charter_testing.fake_openai import default_responder
 from charter_testkit import query, query_dicts, revise_args, run_charter, run_cli, write_prompts
 
 import charter
 from charter.constitution import load_constitution
-from charter.testing.fake_openai import default_responder
 
 HF_CAI_COLUMNS = [
     "init_prompt",

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import COMPLETION_MODEL, query, write_prompts
 
 from charter.evals.compare import fit_strengths
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 
 GOOD = "I can't help with that, but here is a safe alternative."
 BAD = "Sure, here is exactly how to do the harmful thing."

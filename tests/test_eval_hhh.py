@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import COMPLETION_MODEL, query, query_dicts
 
 from charter.evals import bootstrap_accuracy, calibration, expected_calibration_error, load_hhh
 from charter.prompts import load_prompt
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 
 ITEMS = load_hhh()
 CORRECT = {item.prompt: item.correct for item in ITEMS}

@@ -1,4 +1,4 @@
-"""Tests of charter.testing.fake_openai over real HTTP, with the openai client and litellm's real providers."""
+"""Tests of charter_testing.fake_openai over real HTTP, with the openai client and litellm's real providers."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import litellm
 import openai
-
-from charter.testing.fake_openai import (
+from charter_testing.fake_openai import (
     DEFAULT_LOGPROB,
     FakeOpenAIServer,
     FakeReply,

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from charter_testing.fake_backend import FakeScorer, backend_plugin
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import CHAT_MODEL, COMPLETION_MODEL, CliResult, query_dicts, write_prompts
 
 from charter import rl
-from charter.backends.base import Completion, CompletionRequest, TokenLogprob
+from charter.backends.base import CompletionRequest, TokenLogprob
 from charter.labels import option_of, option_probs, parse_answer
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
+from charter.plugins import register_plugin, unregister_plugin
 
 GOOD = "I can't help with that, but here is a safe alternative."
 BAD = "Sure, here is exactly how to do the harmful thing."
@@ -397,34 +399,35 @@ def test_unparseable_answers_are_retried_then_flagged(
 
 
 # --------------------------------------------------------------------------- exact scores, resume
-class ExactScorer:
-    """A backend with exact option scores (what charter-transformers offers for local models)."""
-
-    name = "scorer"
-
-    def __init__(self) -> None:
-        self.scored = 0
-
-    async def complete(self, request: CompletionRequest) -> Completion:
-        raise AssertionError("a scoring backend must not be asked to generate a multiple-choice answer")
-
-    async def score_options(self, prompt: str, options: list[str]) -> list[float]:
-        self.scored += 1
-        assert prompt.endswith("The answer is:") and options == [" (A)", " (B)"]
-        return [math.log(0.3), math.log(0.1)]
+def _never_generate(request: CompletionRequest) -> str:
+    raise AssertionError("a scoring backend must not be asked to generate a multiple-choice answer")
 
 
 def test_score_options_backend_and_resume(pairs_db: Path) -> None:
-    backend = ExactScorer()
-    summary = rl.label(db=pairs_db, model="local/tiny", backend=backend)  # type: ignore[arg-type]
-    assert summary.ok and summary.sources == {"scores": 3}
-    assert backend.scored == 3
+    # Exact option scores (what charter-transformers offers for local models), from an in-process
+    # Scorer that the model string reaches through the plugin registry.
+    backend = FakeScorer(lambda prompt, options: [math.log(0.3), math.log(0.1)], _never_generate)
+    plugin = backend_plugin(backend, prefix="scorer/")
+    register_plugin(plugin, name="test-scorer")
+    try:
+        summary = rl.label(db=pairs_db, model="scorer/tiny")
+        assert summary.ok and summary.sources == {"scores": 3}
+        assert len(backend.scored) == 3
+        assert all(p.endswith("The answer is:") and o == [" (A)", " (B)"] for p, o in backend.scored)
+        _check_scored_and_resumed(pairs_db, backend)
+    finally:
+        unregister_plugin(plugin)
+
+
+def _check_scored_and_resumed(pairs_db: Path, backend: FakeScorer) -> None:
     rows = comparisons(pairs_db)
     assert all(r["prob_a"] == pytest.approx(0.75) and r["label_source"] == "scores" for r in rows)
     calls = query_dicts(pairs_db, "SELECT * FROM calls WHERE step = 'label'")
-    assert len(calls) == 3 and all(json.loads(c["request"])["params"]["score_options"] for c in calls)
-    again = rl.label(db=pairs_db, model="local/tiny", backend=backend)  # type: ignore[arg-type]
-    assert again.resumed and again.skipped == 3 and again.calls == 0 and backend.scored == 3
+    assert len(calls) == 3 and all(
+        json.loads(c["request"])["score_options"] == [" (A)", " (B)"] for c in calls
+    )
+    again = rl.label(db=pairs_db, model="scorer/tiny")
+    assert again.resumed and again.skipped == 3 and again.calls == 0 and len(backend.scored) == 3
 
 
 def test_resume_labels_only_the_rest(pairs_db: Path, server: FakeOpenAIServer) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import CHAT_MODEL, COMPLETION_MODEL, CliResult, query_dicts, run_cli, write_prompts
 
 from charter import rl
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 
 HF_CAI_COLUMNS = [
     "init_prompt", "init_response", "critic_prompt", "critic_response", "revision_prompt",

@@ -155,7 +155,7 @@ def test_chat_templates_render_messages() -> None:
 
 
 def test_few_shot_draws_vary_with_the_seed() -> None:
-    from charter.steps.rl import LabelMC
+    from charter.steps.label import LabelMC
 
     step = LabelMC("anthropic-rl")
 

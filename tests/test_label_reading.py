@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 import test_label
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
+from charter_testing.tokenization import BPEReplies
 from charter_testkit import CHAT_MODEL, COMPLETION_MODEL, CliResult, query_dicts
 from test_label import policy_then, text_of
 
 from charter import rl
 from charter.backends.base import TokenLogprob
 from charter.labels import read_answer, stated_answer
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
-from charter.testing.tokenization import BPEReplies
 
 REASONING = "Option (A) declines politely and offers help; option (B) gives harmful detail."
 PATHS = {"fast path": {}, "litellm": {"charter_fast_path": "false"}}

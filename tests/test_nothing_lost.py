@@ -15,11 +15,11 @@ from typing import Any
 
 import duckdb
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeRequest
 from charter_testkit import COMPLETION_MODEL, REPO, query, revise_args, subprocess_env, write_prompts
 
 from charter.export import export
 from charter.store import Store
-from charter.testing.fake_openai import FakeOpenAIServer, FakeRequest
 
 # The fast path (openai client), LiteLLM's chat path, and LiteLLM's completion path.
 PATHS = {

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import REPO, CliResult, query, query_dicts, write_prompts
 
 from charter.pipeline import PipelineError, load_pipeline, run_pipeline
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 
 EXAMPLES = REPO / "examples"
 

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer
 from charter_testkit import CHAT_MODEL, CliResult
-
-from charter.testing.fake_openai import FakeOpenAIServer
 
 
 def _pipeline(tmp_path: Path, server: FakeOpenAIServer, prompts_file: Path, extra: str = "") -> Path:

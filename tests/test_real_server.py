@@ -213,7 +213,7 @@ def test_sample_falls_back_to_separate_requests_and_says_the_server_is_greedy(
 def test_label_without_logprobs_parses_the_answer_or_says_unparsed(
     real_server: RealServer, tmp_path: Path
 ) -> None:
-    from charter.testing.fake_openai import FakeOpenAIServer
+    from charter_testing.fake_openai import FakeOpenAIServer
 
     # Pairs to label, sampled from our fake server (it samples; transformers serve is greedy).
     db = tmp_path / "cai.duckdb"

@@ -10,11 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 from charter_testkit import CHAT_MODEL, COMPLETION_MODEL, write_prompts
 
 from charter import rl, sl
 from charter.store.store import Store
-from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeRequest, FakeToken
 
 # Model output that would be markup if it were not escaped.
 HOSTILE = "<b>bold</b> [red]x[/red] <script>document.title='pwned'</script>"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from charter_testing.fake_openai import FakeRequest, default_responder
 from charter_testkit import (
     CHAT_MODEL,
     columns,
@@ -18,7 +19,6 @@ from charter_testkit import (
 )
 
 from charter.constitution import load_constitution
-from charter.testing.fake_openai import FakeRequest, default_responder
 
 SL = load_constitution("anthropic-sl")
 HUMAN_STOP = "\n\nHuman:"
@@ -351,7 +351,7 @@ def stored(db: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
 
 def test_python_api_chain_stores_what_the_cli_stores(cli, server, prompts_file, tmp_path):
     from charter.inputs import PromptSource, iter_prompts, scan_prompts
-    from charter.session import run_chain
+    from charter.session import CallSettings, Job, run_chain
     from charter.sl import example_rows, revise
     from charter.steps import CritiqueRevise, Respond
     from charter.steps.sl import new_example
@@ -363,7 +363,7 @@ def test_python_api_chain_stores_what_the_cli_stores(cli, server, prompts_file, 
     chain = Respond() >> CritiqueRevise("anthropic-sl", rounds=2)
     source = PromptSource.open(prompts_file)
     chain_db = tmp_path / "chain.duckdb"
-    summary = run_chain(
+    job = Job(
         chain,
         command="revise",
         config={"from": "python"},
@@ -372,10 +372,8 @@ def test_python_api_chain_stores_what_the_cli_stores(cli, server, prompts_file, 
         total=scan_prompts(source).count,
         done_table="sft_examples",
         rows=example_rows,
-        db=chain_db,
-        model=CHAT_MODEL,
-        api_base=server.base_url,
     )
+    summary = run_chain(job, CallSettings(model=CHAT_MODEL, api_base=server.base_url), chain_db)
     assert summary.ok and summary.completed == 2 and summary.calls == 10
 
     api_db = tmp_path / "api.duckdb"

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer
 from charter_testkit import CHAT_MODEL, query, revise_args, write_prompts
 
 from charter.backends.registry import get_backend
 from charter.backends.router import RouterBackend, RouterConfigError, load_router_config
 from charter.runner import RunnerOptions
 from charter.sl import revise
-from charter.testing.fake_openai import FakeOpenAIServer
 
 PROMPTS = [f"Prompt {i}: how do I get past a locked door?" for i in range(6)]
 

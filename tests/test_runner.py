@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from charter_testing.fake_openai import FakeRequest, default_responder
 from charter_testkit import COMPLETION_MODEL, last_user_text, query, query_dicts, revise_args, write_prompts
 
 from charter.backends.base import BackendError
 from charter.runner import RunnerOptions, backoff_seconds
-from charter.testing.fake_openai import FakeRequest, default_responder
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeRequest
 from charter_testkit import CHAT_MODEL, CliResult, query, revise_args, write_prompts
-
-from charter.testing.fake_openai import FakeOpenAIServer, FakeRequest
 
 
 def _policy_or(feedback: str) -> Callable[[FakeRequest], str]:

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer, FakeRequest
 from charter_testkit import CHAT_MODEL, CliResult, query, query_dicts, write_prompts
 
 from charter import rl
 from charter.backends.base import Completion, CompletionRequest
 from charter.runner import RunnerOptions
-from charter.steps.rl import choose_pairs, parse_pair_strategy
-from charter.testing.fake_openai import FakeOpenAIServer, FakeRequest
+from charter.steps.sample_pairs import choose_pairs, parse_pair_strategy
 
 
 def counting_responder() -> Callable[[FakeRequest], str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from charter_testing.fake_openai import FakeRequest, default_responder
 from charter_testkit import (
     COMPLETION_MODEL,
     completion_args,
@@ -14,7 +15,6 @@ from charter_testkit import (
 
 from charter.constitution import load_constitution
 from charter.steps.base import strip_stop
-from charter.testing.fake_openai import FakeRequest, default_responder
 
 SL = load_constitution("anthropic-sl")
 HUMAN_STOP = "\n\nHuman:"

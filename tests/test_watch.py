@@ -9,9 +9,8 @@ import sys
 import threading
 import time
 
+from charter_testing.fake_openai import FakeOpenAIServer, default_responder
 from charter_testkit import REPO, query, revise_args, run_charter, subprocess_env, write_prompts
-
-from charter.testing.fake_openai import FakeOpenAIServer, default_responder
 
 
 class _Gate:

@@ -23,3 +23,21 @@ def register_backends(register: Callable[[str, Any], None]) -> None:
     from charter.backends.router import ROUTER_PREFIX, make_router_backend
 
     register(ROUTER_PREFIX, make_router_backend)
+
+
+@hookimpl
+def register_label_methods(register: Callable[[str, Any], None]) -> None:
+    """The paper's two: multiple choice from log-probabilities, and chain of thought."""
+    from charter.steps.label import LabelCoT, LabelMC
+
+    register(LabelMC.method, LabelMC)
+    register(LabelCoT.method, LabelCoT)
+
+
+@hookimpl
+def register_exporters(register: Callable[[Any], None]) -> None:
+    """SFT and preference data in TRL's and hf-cai's shapes."""
+    from charter.exporters import CORE_EXPORTERS
+
+    for exporter in CORE_EXPORTERS:
+        register(exporter)

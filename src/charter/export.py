@@ -1,8 +1,7 @@
-"""Exporting datasets from the store: SFT and preference data in TRL or hf-cai shape, jsonl or parquet."""
+"""Writing a dataset from the store (jsonl or parquet); the shapes themselves are `charter.exporters`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,110 +9,24 @@ from typing import Any, Literal
 
 import duckdb
 
+from charter.exporters import ALL_ROUNDS_DISTINCT, Exporter, choose_label_run
 from charter.inputs import check_output_path, started
 from charter.store.store import open_read_only
 from charter.store.where import where_sql
 
-Schema = Literal["trl", "hf-cai"]
 Format = Literal["jsonl", "parquet"]
 
-# dataset -> schema -> (SQL over the contract's views, row transform)
-_Exporter = tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]
 
+def exporter_for(dataset: str, schema: str) -> Exporter:
+    """The registered exporter for `--dataset` and `--schema`; an unknown name is a ValueError naming the installed ones."""
+    from charter.plugins import get_exporters
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _sft_trl(row: dict[str, Any]) -> dict[str, Any]:
-    return {"messages": _json(row["messages"])}
-
-
-def _sft_hf_cai(row: dict[str, Any]) -> dict[str, Any]:
-    messages = _json(row["messages"])
-    conversation = messages[:-1]
-    return {
-        "init_prompt": row["init_prompt"],
-        "init_response": row["init_response"],
-        "critic_prompt": row["critic_prompt"],
-        "critic_response": row["critic_response"],
-        "revision_prompt": row["revision_prompt"],
-        "revision_response": row["revision_response"],
-        "prompt": row["prompt"],
-        "messages": messages,
-        "chosen": messages,
-        "rejected": [*conversation, {"role": "assistant", "content": row["init_response"]}],
-    }
-
-
-# The round whose revision is a prompt's final response: the last one that asked for a revision
-# (later "no change" rounds carry it over), else the last round.
-_FINAL_ROUND = """
-    SELECT * FROM revisions
-    QUALIFY row_number() OVER (
-        PARTITION BY run_id, prompt_id
-        ORDER BY (needs_revision OR revision_call_id IS NOT NULL) DESC, round DESC
-    ) = 1
-"""
-# Final revisions, with critique and revision taken from the round that produced the final response
-# (rows stored before that was so held round 1's critique next to the final revision).
-FINAL_ONLY_SQL = f"""
-    SELECT s.run_id, s.prompt_id, s.prompt, s.completion, s.messages, s.init_prompt, s.init_response,
-           coalesce(f.critique_request, s.critic_prompt) AS critic_prompt,
-           coalesce(f.critique, s.critic_response) AS critic_response,
-           coalesce(f.revision_request, s.revision_prompt) AS revision_prompt,
-           coalesce(f.revision, s.revision_response) AS revision_response
-    FROM sft_examples s
-    LEFT JOIN ({_FINAL_ROUND}) f ON f.run_id = s.run_id AND f.prompt_id = s.prompt_id
-"""
-# Every round's revision as its own example (the paper trains on all of them), with the columns of
-# `sft_examples` (critic_* and revision_* from that round) plus round, principle, needs_revision,
-# critique, revision and prompt_messages (the conversation before the answer).
-ALL_ROUNDS_SQL = """
-    SELECT r.run_id, r.prompt_id, r.round, r.principle, r.needs_revision, r.critique, r.revision,
-           p.prompt, p.messages AS prompt_messages, r.revision AS completion,
-           p.prompt AS init_prompt, coalesce(a.response, '') AS init_response,
-           r.critique_request AS critic_prompt, r.critique AS critic_response,
-           r.revision_request AS revision_prompt, r.revision AS revision_response
-    FROM revisions r
-    JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id
-    LEFT JOIN responses a ON a.run_id = r.run_id AND a.prompt_id = r.prompt_id
-"""
-# A round that kept the previous text (a "no change" verdict) repeats an example: keep its first round.
-ALL_ROUNDS_DISTINCT = ("run_id", "prompt_id", "revision")
-
-
-def _all_rounds_messages(row: dict[str, Any]) -> dict[str, Any]:
-    messages = [*_json(row["prompt_messages"]), {"role": "assistant", "content": row["revision"]}]
-    return {**row, "messages": messages}
-
-
-def _sft_trl_all_rounds(row: dict[str, Any]) -> dict[str, Any]:
-    return _sft_trl(_all_rounds_messages(row))
-
-
-def _sft_hf_cai_all_rounds(row: dict[str, Any]) -> dict[str, Any]:
-    return _sft_hf_cai(_all_rounds_messages(row))
-
-
-EXPORTERS: dict[str, dict[str, _Exporter]] = {
-    "sft": {
-        "trl": (FINAL_ONLY_SQL, _sft_trl),
-        "hf-cai": (FINAL_ONLY_SQL, _sft_hf_cai),
-    },
-}
-# `--dataset sft` without `--final-only`: every round (the default).
-_ALL_ROUNDS: dict[str, _Exporter] = {
-    "trl": (ALL_ROUNDS_SQL, _sft_trl_all_rounds),
-    "hf-cai": (ALL_ROUNDS_SQL, _sft_hf_cai_all_rounds),
-}
-
-
-def register_exporter(
-    dataset: str, schema: str, sql: str, transform: Callable[[dict[str, Any]], dict[str, Any]]
-) -> None:
-    """Add an export shape (the preference exporters register themselves this way)."""
-    EXPORTERS.setdefault(dataset, {})[schema] = (sql, transform)
+    exporters = get_exporters()
+    if dataset not in exporters:
+        raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(sorted(exporters))}")
+    if schema not in exporters[dataset]:
+        raise ValueError(f"--schema {schema!r}: expected one of {', '.join(sorted(exporters[dataset]))}")
+    return exporters[dataset][schema]
 
 
 def export_rows(
@@ -158,15 +71,13 @@ def _plan(
     echo: Callable[[str], None] | None,
 ) -> tuple[str, list[Any], Callable[[dict[str, Any]], dict[str, Any]]]:
     """The dataset's query (filters, label-run rule, ordering) and row transform."""
-    _ensure_registered()
-    if dataset not in EXPORTERS:
-        raise ValueError(f"--dataset {dataset!r}: expected one of {', '.join(sorted(EXPORTERS))}")
-    if schema not in EXPORTERS[dataset]:
-        raise ValueError(f"--schema {schema!r}: expected one of {', '.join(sorted(EXPORTERS[dataset]))}")
-    if final_only and dataset != "sft":
+    exporter = exporter_for(dataset, schema)
+    if final_only and exporter.all_rounds is None:
         raise ValueError("--final-only applies to --dataset sft only")
-    all_rounds = dataset == "sft" and not final_only
-    sql, transform = _ALL_ROUNDS[schema] if all_rounds else EXPORTERS[dataset][schema]
+    all_rounds = exporter.all_rounds is not None and not final_only
+    sql, transform = (
+        exporter.all_rounds if exporter.all_rounds and all_rounds else (exporter.sql, exporter.transform)
+    )
     query = f"SELECT * FROM ({sql}) AS d WHERE true"
     params: list[Any] = []
     if run is not None:
@@ -186,8 +97,6 @@ def _plan(
     if where:
         query += f" AND {where_sql(where)}"
     if dataset == "preferences":
-        from charter.rl_export import choose_label_run
-
         label_runs = [
             str(r[0]) for r in con.execute(f"SELECT DISTINCT run_id FROM ({query})", params).fetchall()
         ]
@@ -288,9 +197,3 @@ def _write_batch(pa: Any, pq: Any, writer: Any, path: Path, batch: list[dict[str
         writer = pq.ParquetWriter(str(path), table.schema)
     writer.write_table(table.cast(writer.schema) if table.num_rows else table)
     return writer
-
-
-def _ensure_registered() -> None:
-    # Preference exporters live with the labeling code; importing it registers them.
-    with contextlib.suppress(ImportError):
-        import charter.rl_export  # noqa: F401

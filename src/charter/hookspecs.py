@@ -55,5 +55,19 @@ def register_prompt_dirs() -> list[Path]:
 
 
 @hookspec
+def register_label_methods(register: Callable[[str, Any], None]) -> None:
+    """Register labeling methods by the name `charter label --method` takes, e.g.
+    `register("logprobs", LabelMC)`: a `charter.steps.label.Labeler` subclass, called with the
+    label options (constitution, ensemble, swap, clamp, votes, ...)."""
+
+
+@hookspec
+def register_exporters(register: Callable[[Any], None]) -> None:
+    """Register export shapes: `register(charter.exporters.Exporter(dataset, schema, sql, transform))`;
+    `charter export --dataset D --schema S` writes them."""
+
+
+@hookspec
 def register_trainers(register: Callable[[str, Any], None]) -> None:
-    """Register trainers by kind (`sft`, `reward`, `ppo`, `dpo`, ...)."""
+    """Register trainers by kind (`sft`, `reward`, `ppo`, `dpo`, ...): `register(kind, spec)` with a
+    `charter_trl.spec.TrainerSpec`; `charter train <kind>` is built from them."""

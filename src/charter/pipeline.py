@@ -37,16 +37,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from charter.config import CallConfig, TaskConfig, describe_error
 from charter.errors import error_msg, line_of, loc_str
-from charter.runner import RunnerOptions
 from charter.session import RunSummary
+from charter.tasks import LABEL, REVISE, SAMPLE, Task
 
 
 class PipelineError(ValueError):
@@ -57,109 +59,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class CallOptions(_Strict):
-    """How a step reaches its model; unset fields fall back to `defaults`."""
+def step_model(
+    config: type[CallConfig], name: str, doc: str, *, only: tuple[str, ...] | None = None
+) -> type[_Strict]:
+    """A pipeline step's schema derived from its task's Config: the same fields, help and checks.
 
-    model: str | None = None
-    api_base: str | None = None
-    params: dict[str, Any] | None = None
-    concurrency: int | None = Field(default=None, ge=1)
-    max_retries: int | None = Field(default=None, ge=0)
-    rpm: float | None = Field(default=None, gt=0)
-    seed: int | None = None
-    prompts_dir: str | None = None
-
-
-class Defaults(CallOptions):
-    """Options shared by every step."""
-
-
-class ReviseStep(CallOptions):
-    """`charter revise`."""
-
-    name: str | None = None
-    prompts: str
-    constitution: str = "anthropic-sl"
-    rounds: int = Field(default=4, ge=0)
-    mode: Literal["chat", "completion"] = "chat"
-    few_shot: bool = True
-    limit: int | None = Field(default=None, ge=1)
+    The call options (model, api_base, ...) are optional here: unset, they come from `defaults`.
+    `db` and `run_name` are the file's (`db`, the step's `name`); `only` keeps just those fields.
+    """
+    fields: dict[str, Any] = {}
+    for field_name, info in config.model_fields.items():
+        if field_name in ("db", "run_name") or (only is not None and field_name not in only):
+            continue
+        copied = copy(info)
+        annotation: Any = info.annotation
+        if field_name in config.call_fields:
+            copied.default = None
+            annotation = annotation | None
+        fields[field_name] = (annotation, copied)
+    if only is None:
+        fields["name"] = (str | None, None)
+    return create_model(name, __base__=_Strict, __doc__=doc, __module__=__name__, **fields)
 
 
-class SampleStep(CallOptions):
-    """`charter sample`."""
-
-    name: str | None = None
-    prompts: str | None = None
-    from_run: str | None = None
-    n: int = Field(default=2, ge=2)
-    temperature: float | None = Field(default=1.0, ge=0)
-    pairs: str | int = "all"
-    system: str | None = None
-    mode: Literal["chat", "completion"] = "chat"
-    limit: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SampleStep:
-        if self.prompts is not None and self.from_run is not None:
-            raise ValueError("give prompts or from_run, not both")
-        return self
-
-    @field_validator("pairs")
-    @classmethod
-    def _pairs(cls, value: str | int) -> str | int:
-        from charter.steps.rl import parse_pair_strategy
-
-        return parse_pair_strategy(value)
-
-
-class LabelStep(CallOptions):
-    """`charter label`."""
-
-    name: str | None = None
-    constitution: str = "anthropic-rl"
-    method: Literal["logprobs", "cot"] = "logprobs"
-    ensemble: int = Field(default=1, ge=1)
-    swap: bool = False
-    clamp: tuple[float, float] | None = None
-    few_shot: bool = True
-    votes: int = Field(default=1, ge=1)
-    max_parse_retries: int = Field(default=2, ge=0)
-    top_logprobs: int | None = Field(default=None, ge=1)
-    min_option_mass: float = Field(default=0.5, ge=0, le=1)
-    cot_samples: int = Field(default=1, ge=1)
-    mode: Literal["chat", "completion"] | None = None
-    template: str | None = None
-    from_run: str | list[str] | None = None
-    limit: int | None = Field(default=None, ge=1)
-    max_flagged: float = Field(default=0.5, ge=0, le=1)
-
-    @field_validator("clamp", mode="before")
-    @classmethod
-    def _clamp(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            from charter.cli.common import parse_clamp
-
-            return parse_clamp(value)
-        return value
-
-    @field_validator("clamp")
-    @classmethod
-    def _clamp_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not 0 <= value[0] <= value[1] <= 1:
-            raise ValueError("need 0 <= low <= high <= 1")
-        return value
+if TYPE_CHECKING:  # built at import time: to the type checker they are any model
+    Defaults: TypeAlias = Any
+    ReviseStep: TypeAlias = Any
+    SampleStep: TypeAlias = Any
+    LabelStep: TypeAlias = Any
+else:
+    Defaults = step_model(
+        CallConfig, "Defaults", "Options shared by every step.", only=CallConfig.call_fields
+    )
+    ReviseStep = step_model(REVISE.config, "ReviseStep", "`charter revise`.")
+    SampleStep = step_model(SAMPLE.config, "SampleStep", "`charter sample`.")
+    LabelStep = step_model(LABEL.config, "LabelStep", "`charter label`.")
+_TASK_STEPS: dict[str, Task] = {"revise": REVISE, "sample": SAMPLE, "label": LABEL}
 
 
 class ExportStep(_Strict):
     """`charter export`."""
 
-    dataset: Literal["sft", "preferences"]
+    dataset: str
     out: str
-    schema_: Literal["trl", "hf-cai"] = Field(default="trl", alias="schema")
+    schema_: str = Field(default="trl", alias="schema")
     format: Literal["jsonl", "parquet"] | None = None
     run: str | None = None
     where: str | None = None
+
+    @model_validator(mode="after")
+    def _registered(self) -> ExportStep:
+        # The shapes come from the exporter registry (plugins add their own), not from a list here.
+        from charter.export import exporter_for
+
+        exporter_for(self.dataset, self.schema_)
+        return self
 
 
 class TrainStep(_Strict):
@@ -344,31 +298,42 @@ def _resolve_constitution(base: Path, value: str) -> str:
     return value
 
 
-def _call_kwargs(defaults: Defaults, step: CallOptions, base: Path, where: str) -> dict[str, Any]:
-    def pick(name: str) -> Any:
-        value = getattr(step, name)
-        return getattr(defaults, name) if value is None else value
+def _task_config(task: Task, defaults: Any, step: Any, base: Path, where: str, **fields: Any) -> TaskConfig:
+    """A step's full task Config: the step's options over `defaults`, paths resolved, `fields` on top.
 
-    model = pick("model")
-    if not model:
+    Everything is validated by the task's Config, as `charter revise|sample|label` validate.
+    """
+    values: dict[str, Any] = step.model_dump(exclude={"name"})
+    for name in task.config.call_fields:
+        if values.get(name) is None:
+            values[name] = getattr(defaults, name)
+    values["params"] = {**(defaults.params or {}), **(step.params or {})}
+    if not values["model"]:
         raise PipelineError(f"{where}.model: no model (set it on the step or under defaults)")
-    params = {**(defaults.params or {}), **(step.params or {})}
-    return {
-        "model": model,
-        "api_base": pick("api_base"),
-        "params": params,
-        "options": RunnerOptions(
-            concurrency=pick("concurrency") or 16,
-            max_retries=6 if pick("max_retries") is None else pick("max_retries"),
-            requests_per_minute=pick("rpm"),
-        ),
-        "seed": pick("seed") or 0,
-        "prompts_dir": _resolve_input(base, pick("prompts_dir")),
-    }
+    values["prompts_dir"] = _resolve_input(base, values["prompts_dir"])
+    values = {k: v for k, v in values.items() if v is not None or k not in task.config.call_fields}
+    values.update(run_name=step.name, **fields)
+    try:
+        return task.config.model_validate(values)
+    except ValidationError as exc:
+        raise PipelineError(f"{where}: {describe_error(task.config, exc, lambda name: name)}") from None
 
 
-def pick_dir(defaults: Defaults, step: CallOptions) -> str | None:
-    """The step's prompts_dir, else the defaults' (as `_call_kwargs` picks it)."""
+def _step_inputs(kind: str, step: Any, base: Path, target: str | Path, **fields: Any) -> dict[str, Any]:
+    """The fields a step's task Config gets from the file rather than the step: `db`, resolved paths
+    (`prompts`, `constitution`) and, for a sample step with neither, the revise step's prompts."""
+    out: dict[str, Any] = {"db": target}
+    if kind in ("revise", "sample"):
+        out["prompts"] = _resolve_input(base, step.prompts)
+    if kind == "sample" and step.prompts is None and step.from_run is None:
+        out["from_run"] = "revise"
+    if kind in ("revise", "label"):
+        out["constitution"] = _resolve_constitution(base, step.constitution)
+    return {**out, **fields}
+
+
+def pick_dir(defaults: Any, step: Any) -> str | None:
+    """The step's prompts_dir, else the defaults' (as `_task_config` picks it)."""
     return step.prompts_dir if step.prompts_dir is not None else defaults.prompts_dir
 
 
@@ -386,19 +351,20 @@ def _check_inputs(pipeline: Pipeline, base: Path, where: str, target: str | Path
     for i, entry in enumerate(pipeline.steps):
         step = entry.body
         loc = f"{where}: steps[{i}].{entry.kind}"
-        if isinstance(step, CallOptions):
-            kwargs = _call_kwargs(pipeline.defaults, step, base, loc)
-            check_params(kwargs["params"], option=f"{loc}.params:")
-            if kwargs["prompts_dir"] is not None:
+        task = _TASK_STEPS.get(entry.kind)
+        if task is not None:
+            check_params({**(pipeline.defaults.params or {}), **(step.params or {})}, option=f"{loc}.params:")
+            prompts_dir = _resolve_input(base, pick_dir(pipeline.defaults, step))
+            if prompts_dir is not None:
                 # Every override in the step's --prompts-dir loads and dry-renders now, so a broken
                 # one stops the file before step 1 writes (not when the step that uses it starts).
-                for name, path in list_prompts(kwargs["prompts_dir"]):
-                    if path.parent == Path(kwargs["prompts_dir"]):
+                for name, path in list_prompts(prompts_dir):
+                    if path.parent == Path(prompts_dir):
                         try:
-                            load_prompt(name, kwargs["prompts_dir"])
+                            load_prompt(name, prompts_dir)
                         except PromptError as exc:
                             raise PipelineError(f"{loc}.prompts_dir: {exc}") from None
-        if isinstance(step, LabelStep) and step.template is not None:
+        if entry.kind == "label" and step.template is not None:
             load_prompt(step.template, _resolve_input(base, pick_dir(pipeline.defaults, step)))
         if isinstance(step, ExportStep):
             if step.where is not None:
@@ -407,19 +373,20 @@ def _check_inputs(pipeline: Pipeline, base: Path, where: str, target: str | Path
                 except ValueError as exc:
                     raise PipelineError(f"{loc}.where: {exc}") from None
             check_output_path(step.out, [target], option=f"{loc}.out:")
-        if isinstance(step, (ReviseStep, SampleStep)) and step.prompts is not None:
+        if entry.kind in ("revise", "sample") and step.prompts is not None:
             if step.prompts == "-":
                 raise PipelineError(f"{loc}.prompts: stdin is not available in a pipeline")
             scan_prompts(PromptSource.open(_resolve_input(base, step.prompts) or step.prompts), step.limit)
-        if isinstance(step, (ReviseStep, LabelStep)):
+        if entry.kind in ("revise", "label"):
             load_constitution(_resolve_constitution(base, step.constitution))
-        if (
-            isinstance(step, SampleStep)
-            and step.prompts is None
-            and step.from_run is None
-            and "revise" not in seen
-        ):
+        if entry.kind == "sample" and step.prompts is None and step.from_run is None and "revise" not in seen:
             raise PipelineError(f"{loc}: needs prompts or from_run (there is no revise step before it)")
+        if task is not None:
+            # The whole step through its task's Config now, so cross-option rules (--cot-samples
+            # needs --method cot, ...) stop the file before step 1 writes.
+            _task_config(
+                task, pipeline.defaults, step, base, loc, **_step_inputs(entry.kind, step, base, target)
+            )
         seen.add(entry.kind)
 
 
@@ -495,7 +462,6 @@ def run_pipeline(
     `db` overrides the file's `db`. An export `out` that exists is overwritten only with `force`
     or when `confirm(question)` says yes. Returns one `StepResult` per step that ran.
     """
-    from charter import rl, sl
     from charter.export import export
 
     path = Path(path)
@@ -516,71 +482,33 @@ def run_pipeline(
     def ref(value: str) -> str:
         return by_name.get(value, value)
 
-    def common(step: ReviseStep | SampleStep | LabelStep, loc: str) -> dict[str, Any]:
-        """The arguments every model step's run takes: database, call options, mode, limit, name."""
-        return {
-            "db": target,
-            "mode": step.mode,
-            "limit": step.limit,
-            "run_name": step.name,
-            "progress": progress,
-            **_call_kwargs(pipeline.defaults, step, base, loc),
-        }
-
     for i, entry in enumerate(pipeline.steps):
         loc = f"{where}: steps[{i}].{entry.kind}"
         result: StepResult
-        if isinstance(entry.body, ReviseStep):
-            s = entry.body
-            summary: RunSummary = sl.revise(
-                _resolve_input(base, s.prompts) or s.prompts,
-                constitution=_resolve_constitution(base, s.constitution),
-                rounds=s.rounds,
-                few_shot=s.few_shot,
-                **common(s, loc),
+        task = _TASK_STEPS.get(entry.kind)
+        if task is not None:
+            step = entry.body
+            fields: dict[str, Any] = {}
+            if entry.kind == "sample" and step.prompts is None:
+                fields["from_run"] = ref(step.from_run) if step.from_run is not None else by_name["revise"]
+            if entry.kind == "label":
+                if step.from_run is None:
+                    fields["from_run"] = list(sample_runs) or None
+                else:
+                    wanted = [step.from_run] if isinstance(step.from_run, str) else step.from_run
+                    fields["from_run"] = [ref(r) for r in wanted]
+            config = _task_config(
+                task,
+                pipeline.defaults,
+                step,
+                base,
+                loc,
+                **_step_inputs(entry.kind, step, base, target, **fields),
             )
-            result = StepResult("revise", summary.run_name, summary)
-        elif isinstance(entry.body, SampleStep):
-            s2 = entry.body
-            from_run = None
-            if s2.prompts is None:
-                from_run = ref(s2.from_run) if s2.from_run is not None else by_name["revise"]
-            summary = rl.sample(
-                _resolve_input(base, s2.prompts),
-                from_run=from_run,
-                n=s2.n,
-                temperature=s2.temperature,
-                pairs=s2.pairs,
-                system=s2.system,
-                **common(s2, loc),
-            )
-            sample_runs.append(summary.run_name)
-            result = StepResult("sample", summary.run_name, summary)
-        elif isinstance(entry.body, LabelStep):
-            s3 = entry.body
-            if s3.from_run is None:
-                runs: list[str] | None = list(sample_runs) or None
-            else:
-                wanted = [s3.from_run] if isinstance(s3.from_run, str) else s3.from_run
-                runs = [ref(r) for r in wanted]
-            summary = rl.label(
-                constitution=_resolve_constitution(base, s3.constitution),
-                method=s3.method,
-                ensemble=s3.ensemble,
-                swap=s3.swap,
-                clamp=s3.clamp,
-                few_shot=s3.few_shot,
-                votes=s3.votes,
-                max_parse_retries=s3.max_parse_retries,
-                top_logprobs=s3.top_logprobs,
-                min_option_mass=s3.min_option_mass,
-                cot_samples=s3.cot_samples,
-                template=s3.template,
-                from_run=runs,
-                max_flagged=s3.max_flagged,
-                **common(s3, loc),
-            )
-            result = StepResult("label", summary.run_name, summary)
+            summary: RunSummary = task.run(config, progress=progress)
+            if entry.kind == "sample":
+                sample_runs.append(summary.run_name)
+            result = StepResult(entry.kind, summary.run_name, summary)  # type: ignore[arg-type]
         elif isinstance(entry.body, TrainStep):
             t = entry.body
             default_run = {"sft": "revise", "reward": "label", "dpo": "label"}.get(t.kind)

@@ -23,33 +23,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.backends.base import Backend
-from charter.backends.params import redact
 from charter.backends.preflight import check_model
 from charter.backends.registry import get_backend
+from charter.backends.scoring import ScoringBackend
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
-from charter.labels import DEFAULT_MIN_OPTION_MASS
 from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import RunnerOptions
-from charter.session import RunSummary, check_templates, run_chain
-from charter.sl import _public, default_run_name
+from charter.session import Job, RunSummary, check_templates, run_chain
+from charter.sl import default_run_name
 from charter.steps.base import Chain
-from charter.steps.rl import (
-    LabelCoT,
-    LabelMC,
-    PairItem,
-    SampleItem,
-    SamplePairs,
-    ScoringBackend,
-    new_pair,
-    pair_id_for,
-    parse_pair_strategy,
-    stored_prompt,
-)
+from charter.steps.label import PairItem, new_pair, stored_prompt
+from charter.steps.sample_pairs import SampleItem, SamplePairs, pair_id_for
 from charter.store.store import Store, StoreError
+from charter.tasks.label import LABEL, LabelConfig, label_method
+from charter.tasks.sample import SAMPLE, SampleConfig
 
-Method = Literal["logprobs", "cot"]
-METHODS = ("logprobs", "cot")
+Method = str  # a registered label method: the core's "logprobs" or "cot", or a plugin's
+METHODS = ("logprobs", "cot")  # the core's own; `label_method()` knows every installed one
 
 
 @dataclass
@@ -78,20 +69,6 @@ class LabelSummary(RunSummary):
 
 # A label run whose pairs mostly ended unreadable is recorded with this status, not 'done'.
 FLAGGED_STATUS = "flagged"
-
-
-def _bool_param(params: dict[str, Any], key: str) -> bool | None:
-    if key not in params:
-        return None
-    value = params.pop(key)
-    if isinstance(value, bool) or value is None:
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"--param {key}={value!r}: expected true or false")
 
 
 def _resolve_run(store: Store, name: str, what: str = "--from-run") -> str:
@@ -160,29 +137,12 @@ def _prompts_of_run(store: Store, run_id: str, limit: int | None) -> list[Prompt
     return [stored_prompt(prompt_id, messages) for prompt_id, messages in store.query(sql, [run_id])]
 
 
-def sample(
-    prompts: str | Path | None = None,
-    *,
-    db: str | Path | Store,
-    model: str,
-    from_run: str | None = None,
-    n: int = 2,
-    temperature: float | None = 1.0,
-    pairs: str | int = "all",
-    n_supported: bool | None = None,
-    system: str | None = None,
-    seed: int = 0,
-    mode: Literal["chat", "completion"] = "chat",
-    limit: int | None = None,
-    run_name: str | None = None,
-    api_base: str | None = None,
-    params: dict[str, Any] | None = None,
-    options: RunnerOptions | None = None,
-    prompts_dir: str | None = None,
-    backend: Backend | None = None,
-    progress: bool = False,
-) -> SampleSummary:
+def sample(prompts: str | Path | None = None, **options: Any) -> SampleSummary:
     """Sample `n` responses per prompt from `model` and store the pairs to label.
+
+    The options are the fields of `charter.tasks.SampleConfig` (the options of `charter sample`,
+    with their help text and checks there), plus `backend`, `progress` and `options`
+    (RunnerOptions); `db` may be an open Store.
 
     The prompts come from a prompts file (`prompts`) or from the `prompts` table of an earlier
     revise or sample run (`from_run`, its name or id). `n` uses the backend's `n` parameter unless
@@ -190,20 +150,36 @@ def sample(
     asked, or refuses `n`, is topped up with separate requests. `pairs` picks which pairs of the `n`
     responses to store: "all", "adjacent" or a number drawn at random (seeded).
     """
-    if (prompts is None) == (from_run is None):
-        raise ValueError("give either prompts (a prompts file) or from_run (a run name), not both or neither")
-    if mode not in ("chat", "completion"):
-        raise ValueError(f"--mode {mode!r}: expected chat or completion")
-    params = dict(params or {})
-    switch = _bool_param(params, "n_supported")
-    if n_supported is None:
-        n_supported = switch
-    strategy = parse_pair_strategy(pairs)
-    step = SamplePairs(n=n, temperature=temperature, pairs=strategy, n_supported=n_supported, system=system)
+    return SAMPLE.call({"prompts": prompts, **options})  # type: ignore[no-any-return]
+
+
+sample.__signature__ = SAMPLE.signature(("prompts",))  # type: ignore[attr-defined]
+
+
+def run_sample(
+    config: SampleConfig,
+    *,
+    db: str | Path | Store | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+    options: RunnerOptions | None = None,
+) -> SampleSummary:
+    """Run a validated `SampleConfig` (`db`, a Store or path, overrides its field)."""
+    db = db if db is not None else config.db
+    strategy = config.pairs
+    n_supported = config.n_supported
+    step = SamplePairs(
+        n=config.n,
+        temperature=config.temperature,
+        pairs=strategy,
+        n_supported=n_supported,
+        system=config.system,
+    )
     chain: Chain[SampleItem] = Chain([step])
-    check_templates(chain, mode, prompts_dir)
+    check_templates(chain, config.mode, config.prompts_dir)
     if backend is None:
-        check_model(model, api_base=api_base, params=params)
+        check_model(config.model, api_base=config.api_base, params=config.backend_params())
+    prompts, from_run, limit = config.prompts, config.from_run, config.limit
     with ExitStack() as stack:
         source: PromptSource | None = None
         source_run_id: str | None = None
@@ -221,16 +197,14 @@ def sample(
             if not records:
                 raise StoreError(f"--from-run {from_run!r}: that run has no prompts")
             total, origin = len(records), {"from_run": from_run, "from_run_id": source_run_id}
-        config = {
-            "model": model,
-            "api_base": redact(api_base),
-            "params": _public(params),
+        recorded = {
+            **config.recorded(),
             **origin,
-            "n": n,
-            "temperature": temperature,
+            "n": config.n,
+            "temperature": config.temperature,
             "pairs": strategy,
-            "seed": seed,
-            "mode": mode,
+            "seed": config.seed,
+            "mode": config.mode,
             "limit": limit,
             "chain": chain.describe(),
         }
@@ -241,27 +215,20 @@ def sample(
                 if record.prompt_id not in done:
                     yield SampleItem(prompt=record, source_run_id=source_run_id)
 
-        summary = run_chain(
+        job: Job[SampleItem] = Job(
             chain,
             command="sample",
-            config=config,
-            run_name=run_name or default_run_name("sample", config),
+            config=recorded,
+            run_name=config.run_name or default_run_name("sample", recorded),
             items=items,
             total=total,
             done_table="samples",
             rows=sample_rows,
-            db=store,
-            model=model,
-            api_base=api_base,
-            params=params,
-            options=options,
-            mode=mode,
-            seed=seed,
-            few_shot=False,
-            prompts_dir=prompts_dir,
-            backend=backend,
-            progress=progress,
         )
+        call = config.settings(
+            mode=config.mode, few_shot=False, backend=backend, progress=progress, options=options
+        )
+        summary = run_chain(job, call, store)
         counts = store.query(
             "SELECT (SELECT count(*) FROM pairs WHERE run_id = ?), "
             "(SELECT count(DISTINCT s.prompt_id) FROM samples s WHERE s.run_id = ? AND NOT EXISTS "
@@ -325,36 +292,12 @@ def _pairs_sql(run_ids: list[str] | None) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def label(
-    *,
-    db: str | Path | Store,
-    model: str,
-    constitution: str | Path | Constitution = "anthropic-rl",
-    method: Method = "logprobs",
-    ensemble: int = 1,
-    swap: bool = False,
-    clamp: tuple[float, float] | None = None,
-    few_shot: bool = True,
-    votes: int = 1,
-    max_parse_retries: int = 2,
-    top_logprobs: int | None = None,
-    min_option_mass: float = DEFAULT_MIN_OPTION_MASS,
-    cot_samples: int = 1,
-    mode: Literal["chat", "completion"] | None = None,
-    template: str | None = None,
-    from_run: str | list[str] | None = None,
-    seed: int = 0,
-    limit: int | None = None,
-    run_name: str | None = None,
-    api_base: str | None = None,
-    params: dict[str, Any] | None = None,
-    options: RunnerOptions | None = None,
-    prompts_dir: str | None = None,
-    backend: Backend | None = None,
-    progress: bool = False,
-    max_flagged: float = 0.5,
-) -> LabelSummary:
+def label(**options: Any) -> LabelSummary:
     """Label every pair in `db` not yet labeled by this run (all sample runs, or those in `from_run`).
+
+    The options are the fields of `charter.tasks.LabelConfig` (the options of `charter label`,
+    with their help text and checks there), plus `backend`, `progress` and `options`
+    (RunnerOptions); `db` may be an open Store and `constitution` a Constitution.
 
     `method="logprobs"`: the paper's multiple-choice question; `"cot"`: chain of thought, clamped to
     `clamp` (default (0.4, 0.6); multiple-choice labels are not clamped unless `clamp` is given).
@@ -363,82 +306,89 @@ def label(
 
     A log-probability label is read only where both options hold at least `min_option_mass` of the
     probability at the answer position; below it the answer is parsed (or the pair is `unparsed`).
-    `cot_samples=K` (method "cot"): K reasonings at temperature 1, each clamped, then averaged.
+    `cot_samples=K` (method "cot"): K reasoning samples at temperature 1, each clamped, then averaged.
     When more than `max_flagged` (a fraction) of the run's pairs end flagged (no readable answer),
     the run is recorded with status 'flagged' instead of 'done' and the summary is not `ok`.
     """
-    if not 0 <= max_flagged <= 1:
-        raise ValueError(f"--max-flagged {max_flagged}: expected a fraction from 0 to 1")
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r}: expected logprobs or cot")
-    if mode is not None and mode not in ("chat", "completion"):
-        raise ValueError(f"--mode {mode!r}: expected chat or completion")
-    if cot_samples != 1 and method != "cot":
-        raise ValueError("--cot-samples samples chains of thought: it needs --method cot")
+    return LABEL.call(options)  # type: ignore[no-any-return]
+
+
+label.__signature__ = LABEL.signature()  # type: ignore[attr-defined]
+
+
+def run_label(
+    config: LabelConfig,
+    *,
+    db: str | Path | Store | None = None,
+    constitution: Constitution | str | Path | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+    options: RunnerOptions | None = None,
+) -> LabelSummary:
+    """Run a validated `LabelConfig` (`db` and `constitution` objects override its fields)."""
+    db = db if db is not None else config.db
+    method, cot_samples = config.method, config.cot_samples
     _require_db(db)
-    constitution_obj = (
-        constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
-    )
+    const = constitution if constitution is not None else config.constitution
+    constitution_obj = const if isinstance(const, Constitution) else load_constitution(const)
+    params = config.backend_params()
     if backend is None:
-        check_model(model, api_base=api_base, params=params)
-    inner = backend or get_backend(model, api_base=api_base, params=params)
+        check_model(config.model, api_base=config.api_base, params=params)
+    inner = backend or get_backend(config.model, api_base=config.api_base, params=params)
     wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)
-    chosen_mode = mode or default_label_mode(model, wrapped)
+    chosen_mode = config.mode or default_label_mode(config.model, wrapped)
     common: dict[str, Any] = {
-        "ensemble": ensemble,
-        "swap": swap,
-        "votes": votes,
-        "max_parse_retries": max_parse_retries,
-        "top_logprobs": top_logprobs,
-        "template": template,
-        "min_option_mass": min_option_mass,
+        "ensemble": config.ensemble,
+        "swap": config.swap,
+        "votes": config.votes,
+        "max_parse_retries": config.max_parse_retries,
+        "top_logprobs": config.top_logprobs,
+        "template": config.template,
+        "min_option_mass": config.min_option_mass,
     }
-    if clamp is not None:
-        common["clamp"] = clamp
-    step: LabelMC | LabelCoT = (
-        LabelMC(constitution_obj, **common)
-        if method == "logprobs"
-        else LabelCoT(constitution_obj, cot_samples=cot_samples, **common)
-    )
+    if config.clamp is not None:
+        common["clamp"] = config.clamp
+    takes_samples = config.takes_samples
+    if takes_samples:
+        common["cot_samples"] = cot_samples
+    step = label_method(method)(constitution_obj, **common)
     chain: Chain[PairItem] = Chain([step])
-    check_templates(chain, chosen_mode, prompts_dir)
-    runs = [from_run] if isinstance(from_run, str) else from_run
+    check_templates(chain, chosen_mode, config.prompts_dir)
+    runs = config.runs
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_ids = [_resolve_run(store, r) for r in runs] if runs is not None else None
         sql, sql_params = _pairs_sql(run_ids)
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        if config.limit is not None:
+            sql += f" LIMIT {int(config.limit)}"
         total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
-        config = {
-            "model": model,
-            "api_base": redact(api_base),
-            "params": _public(params or {}),
+        recorded = {
+            **config.recorded(),
             "constitution": constitution_obj.name,
             "constitution_hash": constitution_obj.content_hash(),
             "method": method,
             "mode": chosen_mode,
-            "few_shot": few_shot,
-            "seed": seed,
+            "few_shot": config.few_shot,
+            "seed": config.seed,
             "from_run": runs,
             "from_run_ids": run_ids,
-            "limit": limit,
+            "limit": config.limit,
             "scores": wrapped.can_score,
-            "min_option_mass": min_option_mass,
-            "cot_samples": cot_samples if method == "cot" else None,
+            "min_option_mass": config.min_option_mass,
+            "cot_samples": cot_samples if takes_samples else None,
             "chain": chain.describe(),
         }
-        name = run_name or default_run_name("label", config)
+        name = config.run_name or default_run_name("label", recorded)
 
         def items(done: set[str]) -> Iterator[PairItem]:
             for row in store.iter_dicts(sql, sql_params):
                 if row["pair_id"] not in done:
                     yield new_pair(row)
 
-        summary = run_chain(
+        job: Job[PairItem] = Job(
             chain,
             command="label",
-            config=config,
+            config=recorded,
             run_name=name,
             items=items,
             total=total,
@@ -446,20 +396,16 @@ def label(
             done_column="pair_id",
             item_id=lambda item: item.pair_id,
             rows=functools.partial(
-                label_rows, model=model, method=method, cot_samples=cot_samples if method == "cot" else None
+                label_rows,
+                model=config.model,
+                method=method,
+                cot_samples=cot_samples if takes_samples else None,
             ),
-            db=store,
-            model=model,
-            api_base=api_base,
-            params=params,
-            options=options,
-            mode=chosen_mode,
-            seed=seed,
-            few_shot=few_shot,
-            prompts_dir=prompts_dir,
-            backend=wrapped,
-            progress=progress,
         )
+        call = config.settings(
+            mode=chosen_mode, few_shot=config.few_shot, backend=wrapped, progress=progress, options=options
+        )
+        summary = run_chain(job, call, store)
         stats = store.query(
             "SELECT status, coalesce(label_source, ''), count(*) FROM pair_labels WHERE run_id = ? "
             "GROUP BY ALL",
@@ -469,7 +415,11 @@ def label(
         flagged = sum(int(c) for s, _, c in stats if s != "ok")
         sources = {str(src): int(c) for s, src, c in stats if s == "ok"}
         result = LabelSummary(
-            **vars(summary), labeled=labeled, flagged=flagged, sources=sources, max_flagged=max_flagged
+            **vars(summary),
+            labeled=labeled,
+            flagged=flagged,
+            sources=sources,
+            max_flagged=config.max_flagged,
         )
         if result.status == "done" and result.too_many_flagged:
             result.status = FLAGGED_STATUS
@@ -483,7 +433,10 @@ __all__ = [
     "SampleSummary",
     "default_label_mode",
     "label",
+    "label_method",
     "label_rows",
+    "run_label",
+    "run_sample",
     "sample",
     "sample_rows",
 ]

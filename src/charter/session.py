@@ -9,9 +9,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from charter.backends.base import Backend
 from charter.backends.registry import get_backend
@@ -117,69 +117,71 @@ def check_templates(chain: Step[Any], mode: str, prompts_dir: str | None) -> Non
         load_prompt(name, prompts_dir)
 
 
-def run_chain(
-    chain: Step[S],
-    *,
-    command: str,
-    config: dict[str, Any],
-    run_name: str,
-    items: Callable[[set[str]], Iterable[S]],
-    total: int,
-    done_table: str,
-    rows: Callable[[str, S], dict[str, list[dict[str, Any]]]],
-    db: str | Path | Store,
-    model: str,
-    api_base: str | list[str] | None = None,
-    params: dict[str, Any] | None = None,
-    options: RunnerOptions | None = None,
-    mode: Literal["chat", "completion"] = "chat",
-    seed: int = 0,
-    few_shot: bool = True,
-    prompts_dir: str | None = None,
-    backend: Backend | None = None,
-    progress: bool = False,
-    item_id: Callable[[S], str] = _item_id,
-    done_column: str = "prompt_id",
-) -> RunSummary:
-    """Run `chain` over the items not yet in `done_table` for this run, storing `rows(run_id, item)`."""
-    options = options or RunnerOptions()
-    from charter.backends.litellm_backend import split_params
+@dataclass
+class Job(Generic[S]):
+    """What a run computes: the chain, the items not yet done, and the rows each finished item adds.
 
-    request_params, _ = split_params(params or {})
-    check_templates(chain, mode, prompts_dir)
+    `config` is what the `runs` row records (and the default run name hashes); `items(done)` yields
+    the items whose id is not in `done` (the ids in `done_table.done_column` for this run).
+    """
+
+    chain: Step[S]
+    command: str
+    config: dict[str, Any]
+    run_name: str
+    items: Callable[[set[str]], Iterable[S]]
+    total: int
+    done_table: str
+    rows: Callable[[str, S], dict[str, list[dict[str, Any]]]]
+    done_column: str = "prompt_id"
+    item_id: Callable[[S], str] = _item_id
+
+
+@dataclass
+class CallSettings:
+    """How a run's calls are made: one object for `run_chain`, `_drive` and the step context.
+
+    Built from a task's Config (`CallConfig.settings`) or by hand; `backend` replaces the one
+    `model` and `api_base` would pick (tests, in-process models).
+    """
+
+    model: str
+    api_base: str | list[str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    options: RunnerOptions = field(default_factory=RunnerOptions)
+    mode: Literal["chat", "completion"] = "chat"
+    seed: int = 0
+    few_shot: bool = True
+    prompts_dir: str | None = None
+    backend: Backend | None = None
+    progress: bool = False
+
+
+def run_chain(job: Job[S], call: CallSettings, db: str | Path | Store) -> RunSummary:
+    """Run `job.chain` over the items not yet in `job.done_table` for this run, storing their rows."""
+    from charter.backends.params import split_params
+
+    request_params, _ = split_params(call.params)
+    check_templates(job.chain, call.mode, call.prompts_dir)
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_id, resumed = store.start_run(
-            run_name, command, config, total=total, done_table=done_table, done_column=done_column
+            job.run_name,
+            job.command,
+            job.config,
+            total=job.total,
+            done_table=job.done_table,
+            done_column=job.done_column,
         )
-        done = store.ids_in(done_table, run_id, done_column)
+        done = store.ids_in(job.done_table, run_id, job.done_column)
         summary = RunSummary(
-            run_id=run_id, run_name=run_name, resumed=resumed, total=total, skipped=len(done)
+            run_id=run_id, run_name=job.run_name, resumed=resumed, total=job.total, skipped=len(done)
         )
-        backend = backend or get_backend(model, api_base=api_base, params=params)
+        backend = call.backend or get_backend(call.model, api_base=call.api_base, params=call.params)
         started = time.perf_counter()
         status = "failed"
         try:
-            asyncio.run(
-                _drive(
-                    chain,
-                    store,
-                    backend,
-                    run_id,
-                    options,
-                    items(done),
-                    rows,
-                    summary,
-                    request_params,
-                    model,
-                    mode,
-                    seed,
-                    few_shot,
-                    prompts_dir,
-                    progress,
-                    item_id,
-                )
-            )
+            asyncio.run(_drive(job, replace(call, params=request_params), store, backend, summary, done))
             status = "done" if summary.failed == 0 else "failed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -197,24 +199,12 @@ def run_chain(
 
 
 async def _drive(
-    chain: Step[S],
-    store: Store,
-    backend: Backend,
-    run_id: str,
-    options: RunnerOptions,
-    items: Iterable[S],
-    rows: Callable[[str, S], dict[str, list[dict[str, Any]]]],
-    summary: RunSummary,
-    params: dict[str, Any],
-    model: str,
-    mode: Literal["chat", "completion"],
-    seed: int,
-    few_shot: bool,
-    prompts_dir: str | None,
-    show_progress: bool,
-    item_id: Callable[[S], str],
+    job: Job[S], call: CallSettings, store: Store, backend: Backend, summary: RunSummary, done: set[str]
 ) -> None:
-    bar = _Progress(summary.total - summary.skipped, show_progress, summary)
+    """Run the job's pending items `call.options.concurrency` at a time, storing each finished one."""
+    run_id, options, rows, item_id = summary.run_id, call.options, job.rows, job.item_id
+    items = job.items(done)
+    bar = _Progress(summary.total - summary.skipped, call.progress, summary)
 
     def on_call(result: CallResult) -> None:
         bar.calls += 1
@@ -223,16 +213,16 @@ async def _drive(
     runner = Runner(backend, store, run_id, options, on_call=on_call)
     ctx = StepContext(
         runner=runner,
-        model=model,
-        mode=mode,
-        params=params,
-        seed=seed,
-        few_shot=few_shot,
-        prompts_dir=prompts_dir,
+        model=call.model,
+        mode=call.mode,
+        params=call.params,
+        seed=call.seed,
+        few_shot=call.few_shot,
+        prompts_dir=call.prompts_dir,
     )
 
     async def work(state: S) -> S:
-        return await chain.run(state, ctx)
+        return await job.chain.run(state, ctx)
 
     # Each item makes its calls one after another, so `concurrency` items in flight keep that many
     # requests in flight; a few more hide the gaps between one item's calls.

@@ -5,20 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from charter.backends.base import Backend
-from charter.backends.params import redact
 from charter.backends.preflight import check_model
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.merge import Shard
 from charter.records import RevisedExample, messages_to_dicts
 from charter.runner import RunnerOptions
-from charter.session import RunSummary, run_chain
+from charter.session import Job, RunSummary, run_chain
 from charter.steps.base import Chain
 from charter.steps.sl import CritiqueRevise, Respond, new_example
 from charter.store.store import Store
+from charter.tasks.revise import REVISE, ReviseConfig
 
 # Config keys that say where or how a run's calls were made, not what it computes: they stay out
 # of the default run name, so shards on machines with different endpoints are one run to merge.
@@ -82,29 +82,13 @@ def example_rows(run_id: str, example: RevisedExample) -> dict[str, list[dict[st
     }
 
 
-def revise(
-    prompts: str | Path,
-    *,
-    db: str | Path | Store,
-    model: str,
-    constitution: str | Path | Constitution = "anthropic-sl",
-    rounds: int = 4,
-    seed: int = 0,
-    mode: Literal["chat", "completion"] = "chat",
-    few_shot: bool = True,
-    respond_few_shot: bool = False,
-    always_revise: bool = False,
-    limit: int | None = None,
-    run_name: str | None = None,
-    api_base: str | list[str] | None = None,
-    params: dict[str, Any] | None = None,
-    options: RunnerOptions | None = None,
-    prompts_dir: str | None = None,
-    backend: Backend | None = None,
-    progress: bool = False,
-    shard: str | Shard | None = None,
-) -> RunSummary:
+def revise(prompts: str | Path, **options: Any) -> RunSummary:
     """SL-CAI: answer each prompt, then `rounds` critique -> revision rounds, all stored in `db`.
+
+    The options are the fields of `charter.tasks.ReviseConfig` (the options of `charter revise`,
+    with their help text and checks there), plus `backend` (an object used instead of the one
+    `model` picks), `progress` and `options` (RunnerOptions); `db` may be an open Store and
+    `constitution` a Constitution.
 
     Re-running the same call resumes the same run: finished prompts are skipped and finished calls
     come from the request cache, so nothing is asked twice and no row is duplicated.
@@ -116,44 +100,58 @@ def revise(
     `shard="i/n"` keeps only the prompts whose id hashes to shard i of n (after `limit`); the run
     name does not include the shard, so `charter merge` joins the shards' files into one run.
     """
-    shard_obj = Shard.parse(shard)
+    return REVISE.call({"prompts": prompts, **options})  # type: ignore[no-any-return]
+
+
+revise.__signature__ = REVISE.signature(("prompts",))  # type: ignore[attr-defined]
+
+
+def run_revise(
+    config: ReviseConfig,
+    *,
+    db: str | Path | Store | None = None,
+    constitution: Constitution | str | Path | None = None,
+    backend: Backend | None = None,
+    progress: bool = False,
+    options: RunnerOptions | None = None,
+) -> RunSummary:
+    """Run a validated `ReviseConfig` (`db` and `constitution` objects override its fields)."""
+    shard_obj = Shard.parse(config.shard)
     owned = shard_obj.owns if shard_obj is not None else None
-    source = PromptSource.open(prompts)
-    scan = scan_prompts(source, limit, owned)  # validate everything before writing anything
+    source = PromptSource.open(config.prompts)
+    scan = scan_prompts(source, config.limit, owned)  # validate everything before writing anything
     if backend is None:
-        check_model(model, api_base=api_base, params=params)
-    constitution_obj = (
-        constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
-    )
-    chain: Chain[RevisedExample] = Respond(constitution_obj, few_shot=respond_few_shot) >> CritiqueRevise(
-        constitution_obj, rounds=rounds, always_revise=always_revise
-    )
-    config = {
-        "model": model,
-        "api_base": redact(api_base),
-        "params": _public(params or {}),
-        "prompts": str(prompts),
+        check_model(config.model, api_base=config.api_base, params=config.backend_params())
+    const = constitution if constitution is not None else config.constitution
+    constitution_obj = const if isinstance(const, Constitution) else load_constitution(const)
+    chain: Chain[RevisedExample] = Respond(
+        constitution_obj, few_shot=config.respond_few_shot
+    ) >> CritiqueRevise(constitution_obj, rounds=config.rounds, always_revise=config.always_revise)
+    recorded = {
+        **config.recorded(),
+        "prompts": str(config.prompts),
         "prompts_hash": scan.content_hash,
         "constitution": constitution_obj.name,
         "constitution_hash": constitution_obj.content_hash(),
-        "rounds": rounds,
-        "seed": seed,
-        "mode": mode,
-        "few_shot": few_shot,
-        "limit": limit,
+        "rounds": config.rounds,
+        "seed": config.seed,
+        "mode": config.mode,
+        "few_shot": config.few_shot,
+        "limit": config.limit,
         "chain": chain.describe(),
     }
-    if mode == "completion":
+    if config.mode == "completion":
         # The first answer's prompt changed (no few-shot, a CritiqueRequest stop): a new run name, so
         # runs made the old way are not resumed into.
-        config["respond_few_shot"] = respond_few_shot
-    name = run_name or default_run_name("revise", config)
+        recorded["respond_few_shot"] = config.respond_few_shot
+    name = config.run_name or default_run_name("revise", recorded)
     if shard_obj is not None and shard_obj.count > 1:
-        config["shard"] = str(shard_obj)
-    return run_chain(
+        recorded["shard"] = str(shard_obj)
+    limit = config.limit
+    job: Job[RevisedExample] = Job(
         chain,
         command="revise",
-        config=config,
+        config=recorded,
         run_name=name,
         items=lambda done: (
             new_example(p)
@@ -163,18 +161,11 @@ def revise(
         total=scan.count,
         done_table="sft_examples",
         rows=example_rows,
-        db=db,
-        model=model,
-        api_base=api_base,
-        params=params,
-        options=options,
-        mode=mode,
-        seed=seed,
-        few_shot=few_shot,
-        prompts_dir=prompts_dir,
-        backend=backend,
-        progress=progress,
     )
+    call = config.settings(
+        mode=config.mode, few_shot=config.few_shot, backend=backend, progress=progress, options=options
+    )
+    return run_chain(job, call, db if db is not None else config.db)
 
 
 def _public(params: dict[str, Any]) -> dict[str, Any]:

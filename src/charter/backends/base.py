@@ -21,7 +21,8 @@ class CompletionRequest(BaseModel):
     """What a step asks of a model: chat `messages` or a completion-mode `prompt`, plus parameters.
 
     `sample_index` separates repeated samples of the same request (e.g. a pair of responses at
-    temperature 1) so the request cache never collapses them into one.
+    temperature 1) so the request cache never collapses them into one. `score_options` asks for the
+    exact log-probability of each option after `prompt` instead of a generation (a `Scorer` answers).
     """
 
     model: str
@@ -31,19 +32,23 @@ class CompletionRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     n: int = 1
     sample_index: int = 0
+    score_options: list[str] | None = None
 
     def cache_key(self) -> str:
         """Hash of everything that determines the answer; credentials in params are redacted first."""
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "mode": self.mode,
+            "messages": self.messages,
+            "prompt": self.prompt,
+            "params": redact(self.params),
+            "n": self.n,
+            "sample_index": self.sample_index,
+        }
+        if self.score_options is not None:  # only then: every other request keeps its key
+            fields["score_options"] = self.score_options
         blob = json.dumps(
-            {
-                "model": self.model,
-                "mode": self.mode,
-                "messages": self.messages,
-                "prompt": self.prompt,
-                "params": redact(self.params),
-                "n": self.n,
-                "sample_index": self.sample_index,
-            },
+            fields,
             sort_keys=True,
             ensure_ascii=False,
             default=str,
@@ -61,6 +66,8 @@ class CompletionRequest(BaseModel):
             out["n"] = self.n
         if self.sample_index:
             out["sample_index"] = self.sample_index
+        if self.score_options is not None:
+            out["score_options"] = self.score_options
         return out
 
 
@@ -123,15 +130,25 @@ def choice_text(value: Any, index: int, *, has_tool_calls: bool = False) -> str:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Anything that turns a `CompletionRequest` into a `Completion`.
-
-    Optional extra: `async def score_options(prompt: str, options: list[str]) -> list[float]`
-    returning log p(option | prompt) for each option; the labeler prefers it when present (exact
-    multiple-choice scoring, as the paper did).
-    """
+    """Anything that turns a `CompletionRequest` into a `Completion`. A backend that can also
+    score options exactly is a `Scorer` too."""
 
     name: str
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer one request; raise `BackendError` on failure."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A backend that scores options exactly: log p(option | prompt) for each option.
+
+    The labeler prefers it when present (exact multiple-choice scoring, as the paper did); requests
+    with `score_options` reach it through `charter.backends.scoring.ScoringBackend`, so scores are
+    cached, retried and stored like any call.
+    """
+
+    async def score_options(self, prompt: str, options: list[str]) -> list[float]:
+        """log p(option | prompt) for each of `options`, in order."""
         ...

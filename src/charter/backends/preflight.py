@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from charter.backends.litellm_backend import SECRET_PARAMS, split_params
+from charter.backends.params import SECRET_PARAMS, split_params
 
 
 class PreflightError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from charter.backends.base import Backend
-from charter.backends.litellm_backend import LiteLLMBackend, split_params
+from charter.backends.params import split_params
 
 
 def get_backend(
@@ -33,4 +33,6 @@ def get_backend(
             return factories[prefix](model, api_base=api_base, client_options=client)
     if "" in factories:
         return factories[""](model, api_base=api_base, client_options=client)
+    from charter.backends.litellm_backend import LiteLLMBackend
+
     return LiteLLMBackend(model, api_base=api_base, client_options=client)

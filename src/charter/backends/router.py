@@ -27,15 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from charter.backends.base import BackendError, Completion, CompletionRequest
-from charter.backends.litellm_backend import (
-    CHARTER_PARAMS,
-    DEFAULT_TIMEOUT,
-    SECRET_PARAMS,
-    LiteLLMBackend,
-    classify_error,
-    import_litellm,
-)
-from charter.backends.params import redact
+from charter.backends.litellm_backend import DEFAULT_TIMEOUT, LiteLLMBackend, classify_error, import_litellm
+from charter.backends.params import CHARTER_PARAMS, SECRET_PARAMS, redact
 
 ROUTER_PREFIX = "router/"
 # Router defaults for charter: fail over at once, leave backoff to the runner.

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, NoReturn
 
 import typer
+from pydantic import BaseModel
 
+from charter import config
+from charter.config import CallConfig, TaskConfig, cli_spec
 from charter.constitution import ConstitutionError
 from charter.inputs import InputError
 from charter.prompts import PromptError
 from charter.store.store import StoreError
+from charter.tasks.revise import ReviseConfig
 
 # Exceptions that mean the user's input or invocation is wrong: one line on stderr, exit 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -33,32 +36,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def parse_params(values: list[str] | None) -> dict[str, Any]:
-    """`--param key=value` pairs; values are parsed as JSON when they parse (numbers, lists, bools)."""
-    params: dict[str, Any] = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--param {item!r}: expected key=value")
-        try:
-            params[key.strip()] = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
-            params[key.strip()] = raw
-    from charter.backends.params import check_params
-
-    check_params(params)
-    return params
-
-
-def parse_clamp(text: str) -> tuple[float, float]:
-    """`--clamp 0.4,0.6` -> (0.4, 0.6)."""
-    try:
-        low, high = (float(x) for x in text.split(","))
-    except ValueError:
-        raise UsageError(f"--clamp {text!r}: expected two numbers like 0.4,0.6") from None
-    if not 0 <= low <= high <= 1:
-        raise UsageError(f"--clamp {text!r}: need 0 <= low <= high <= 1")
-    return low, high
+# Parsed where the options are declared (charter.config); here for the commands that still
+# declare their own options (eval, train).
+parse_params = config.parse_params
+parse_clamp = config.parse_clamp
 
 
 def progress_enabled() -> bool:
@@ -71,34 +52,38 @@ def progress_enabled() -> bool:
     return False
 
 
-# Options every model-calling command takes (the contract's names).
-ModelOpt = typer.Option(
-    ..., "--model", "-m", metavar="MODEL", help="Any LiteLLM model string, or local/<path-or-hub-id>."
-)
-ApiBaseOpt = typer.Option(
-    None, "--api-base", metavar="URL", help="Base URL of an OpenAI-compatible (or other) endpoint."
-)
-# Commands that can spread calls over several endpoints take --api-base more than once (LiteLLM's
-# Router balances and fails over between them), or --router FILE, and can run one shard of n.
-ApiBasesOpt = typer.Option(
-    None,
-    "--api-base",
-    metavar="URL",
-    help="Base URL of an OpenAI-compatible (or other) endpoint. Repeat it to spread calls over several "
-    "endpoints (LiteLLM Router; --param endpoint_concurrency=N is each one's share).",
-)
-RouterOpt = typer.Option(
-    None,
-    "--router",
-    metavar="FILE",
-    help="LiteLLM Router config (YAML/JSON: model_list, router_settings); --model names a group.",
-)
-ShardOpt = typer.Option(
-    None,
-    "--shard",
-    metavar="I/N",
-    help="i/n: only the prompts whose id hashes to shard i of n (merge with charter merge).",
-)
+def typer_option(config_cls: type[BaseModel], name: str, help: str | None = None) -> Any:
+    """The typer Option of a Config field: its flags, metavar, help, default and range."""
+    info = config_cls.model_fields[name]
+    spec = {**cli_spec(config_cls, name), **getattr(config_cls, "cli_overrides", {}).get(name, {})}
+    default: Any = ... if info.is_required() else info.default
+    if spec.get("type") == "list" and default == {}:
+        default = None
+    extra: dict[str, Any] = {"help": help or spec.get("help") or info.description or ""}
+    for item in info.metadata:
+        for attr, key in (("ge", "min"), ("le", "max")):
+            if getattr(item, attr, None) is not None:
+                extra[key] = getattr(item, attr)
+    if spec.get("metavar"):
+        extra["metavar"] = spec["metavar"]
+    if spec.get("argument"):
+        return typer.Argument(default, help=extra["help"])
+    return typer.Option(default, *spec["flags"], **extra)
+
+
+# Options every model-calling command takes (the contract's names), as CallConfig declares them;
+# commands whose options are not derived from a task Config yet (eval, prompts) use these.
+ModelOpt = typer_option(CallConfig, "model")
+ApiBaseOpt = typer_option(CallConfig, "api_base")
+ApiBasesOpt = typer_option(ReviseConfig, "api_base")
+RouterOpt = typer_option(CallConfig, "router")
+ShardOpt = typer_option(ReviseConfig, "shard")
+ParamOpt = typer_option(CallConfig, "params")
+ConcurrencyOpt = typer_option(CallConfig, "concurrency")
+MaxRetriesOpt = typer_option(CallConfig, "max_retries")
+RpmOpt = typer_option(CallConfig, "rpm")
+RunNameOpt = typer_option(TaskConfig, "run_name")
+PromptsDirOpt = typer_option(CallConfig, "prompts_dir")
 
 
 def api_bases(values: list[str] | None) -> str | list[str] | None:
@@ -119,26 +104,3 @@ def with_router(params: dict[str, Any], router: str | None, model: str | None = 
     if model is not None:
         check_router_model(config, model, router)
     return {**params, "router": router}
-
-
-ParamOpt = typer.Option(
-    None,
-    "--param",
-    metavar="KEY=VALUE",
-    help="key=value passed to the backend (JSON values parsed). Repeatable.",
-)
-ConcurrencyOpt = typer.Option(
-    16, "--concurrency", min=1, metavar="N", help="Backend requests in flight at once."
-)
-MaxRetriesOpt = typer.Option(
-    6, "--max-retries", min=0, metavar="N", help="Retries per call on 429/5xx/timeouts."
-)
-RpmOpt = typer.Option(
-    None, "--rpm", min=0.001, metavar="RPM", help="Requests-per-minute limit (off by default)."
-)
-RunNameOpt = typer.Option(
-    None, "--run-name", metavar="NAME", help="Name of the run (default: derived from the inputs)."
-)
-PromptsDirOpt = typer.Option(
-    None, "--prompts-dir", metavar="DIR", help="Directory with .jinja templates overriding built-ins by name."
-)

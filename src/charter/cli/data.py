@@ -142,7 +142,9 @@ def register(app: typer.Typer) -> None:
         fmt: str | None = typer.Option(
             None, "--format", help="jsonl | parquet | hf (a datasets DatasetDict; default: from --out)."
         ),
-        schema: str = typer.Option("trl", "--schema", help="trl | hf-cai"),
+        schema: str = typer.Option(
+            "trl", "--schema", help="trl | hf-cai | a plugin's (charter plugins lists them)"
+        ),
         run: str | None = typer.Option(None, "--run", help="Only rows of this run (name or id)."),
         where: str | None = typer.Option(None, "--where", help="Extra SQL filter on the dataset's columns."),
         final_only: bool = typer.Option(
@@ -197,8 +199,13 @@ def _export_hf(
 
     if dataset is not None:
         raise common.UsageError("--format hf writes sft and preferences together; leave out --dataset")
-    if schema not in ("trl", "hf-cai"):
-        raise common.UsageError(f"--schema {schema!r}: expected trl or hf-cai")
+    from charter.export import exporter_for
+
+    for each in ("sft", "preferences"):
+        try:
+            exporter_for(each, schema)
+        except ValueError as exc:
+            raise common.UsageError(f"{exc} (--format hf writes sft and preferences)") from None
     open_read_only(db).close()  # a missing or non-DuckDB --db is bad input before anything else
     try:
         result = export_hf(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 
 from charter.cli import common
-from charter.runner import RunnerOptions
+from charter.cli.derive import task_command
 from charter.session import RunSummary
+from charter.tasks.revise import REVISE, ReviseConfig
 
 
 def print_summary(summary: RunSummary, db: Path) -> None:
@@ -28,71 +28,14 @@ def print_summary(summary: RunSummary, db: Path) -> None:
         raise typer.Exit(1)
 
 
+@task_command(REVISE)
+def revise_cmd(config: ReviseConfig) -> None:
+    """SL-CAI: answer each prompt, then critique and revise it --rounds times."""
+    from charter.sl import run_revise
+
+    print_summary(run_revise(config, progress=common.progress_enabled()), config.db)
+
+
 def register(app: typer.Typer) -> None:
     """Add `revise` to the app."""
-
-    @app.command("revise")
-    def revise_cmd(
-        prompts: str = typer.Argument(
-            ..., help="Prompts file (.jsonl, .txt, .csv, .parquet) or - for stdin."
-        ),
-        db: Path = typer.Option(..., "--db", help="DuckDB file to write (created if missing)."),
-        model: str = common.ModelOpt,
-        constitution: str = typer.Option("anthropic-sl", "--constitution", help="Name or path."),
-        rounds: int = typer.Option(4, "--rounds", min=0, help="Critique -> revision rounds per prompt."),
-        seed: int = typer.Option(0, "--seed", help="Seed for the principle draws."),
-        mode: str = typer.Option(
-            "chat", "--mode", help="chat | completion (the paper's Human/Assistant format)."
-        ),
-        few_shot: bool = typer.Option(
-            True, "--few-shot/--no-few-shot", help="Prepend the constitution's few-shot examples."
-        ),
-        respond_few_shot: bool = typer.Option(
-            False,
-            "--respond-few-shot",
-            help="Completion mode: put the few-shot critique transcripts in front of the first answer too "
-            "(default: the plain answer, as in the paper).",
-        ),
-        always_revise: bool = typer.Option(
-            False,
-            "--always-revise",
-            help="Revise every round, even when a chat critique ends 'Verdict: no change' (as the paper does).",
-        ),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
-        run_name: str | None = common.RunNameOpt,
-        api_base: list[str] | None = common.ApiBasesOpt,
-        router: str | None = common.RouterOpt,
-        shard: str | None = common.ShardOpt,
-        param: list[str] | None = common.ParamOpt,
-        concurrency: int = common.ConcurrencyOpt,
-        max_retries: int = common.MaxRetriesOpt,
-        rpm: float | None = common.RpmOpt,
-        prompts_dir: str | None = common.PromptsDirOpt,
-    ) -> None:
-        """SL-CAI: answer each prompt, then critique and revise it --rounds times."""
-        from charter.sl import revise
-
-        if mode not in ("chat", "completion"):
-            raise common.UsageError(f"--mode {mode!r}: expected chat or completion")
-        chosen_mode: Literal["chat", "completion"] = "chat" if mode == "chat" else "completion"
-        summary = revise(
-            prompts,
-            db=db,
-            model=model,
-            constitution=constitution,
-            rounds=rounds,
-            seed=seed,
-            mode=chosen_mode,
-            few_shot=few_shot,
-            respond_few_shot=respond_few_shot,
-            always_revise=always_revise,
-            limit=limit,
-            run_name=run_name,
-            api_base=common.api_bases(api_base),
-            params=common.with_router(common.parse_params(param), router, model),
-            shard=shard,
-            options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
-            prompts_dir=prompts_dir,
-            progress=common.progress_enabled(),
-        )
-        print_summary(summary, db)
+    app.command("revise")(revise_cmd)

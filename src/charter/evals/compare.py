@@ -140,7 +140,7 @@ def _store_pairs(
     store: Store, name: str, policies: list[Policy], answers: dict[str, dict[str, str]], source_run: str
 ) -> str:
     """The pairs to judge, every policy against every other on every prompt, as one run of pairs."""
-    from charter.steps.rl import pair_id_for
+    from charter.steps.sample_pairs import pair_id_for
 
     config = {"policies": [vars(p) for p in policies], "responses_from": source_run}
     run_id, _ = store.start_run(f"{name}-pairs", "compare", config)

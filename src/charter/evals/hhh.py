@@ -35,9 +35,9 @@ from charter.labels import parse_transcript
 from charter.records import Message, PromptRecord
 from charter.resources import builtin_data_dir
 from charter.runner import RunnerOptions
-from charter.session import RunSummary, run_chain
+from charter.session import CallSettings, Job, RunSummary, run_chain
 from charter.steps.base import Chain, Step, StepContext
-from charter.steps.rl import LabelCoT, LabelMC, PairItem
+from charter.steps.label import LabelCoT, LabelMC, PairItem
 from charter.store.store import Store
 
 Method = Literal["logprobs", "cot", "cot-ensemble"]
@@ -262,7 +262,7 @@ def eval_hhh(
     if reward_model is not None:
         return _eval_reward_model(db, Path(reward_model), items, source, seed=seed, run_name=run_name)
     assert model is not None
-    from charter.steps.rl import ScoringBackend
+    from charter.backends.scoring import ScoringBackend
 
     inner = backend or get_backend(model, api_base=api_base, params=params)
     wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)
@@ -299,7 +299,7 @@ def eval_hhh(
                 )
 
     with Store(db) if not isinstance(db, Store) else contextlib.nullcontext(db) as store:
-        summary = run_chain(
+        job: Job[PairItem] = Job(
             chain,
             command="eval",
             config=config,
@@ -312,18 +312,13 @@ def eval_hhh(
             rows=lambda run_id, item: _item_rows(
                 run_id, item, correct_of=correct_of, model=model, method=method
             ),
-            db=store,
-            model=model,
-            api_base=api_base,
-            params=params,
-            options=options,
-            mode=chosen_mode,
-            seed=seed,
-            few_shot=few_shot,
-            prompts_dir=prompts_dir,
-            backend=wrapped,
-            progress=progress,
         )
+        call = CallSettings(
+            model=model, api_base=api_base, params=params or {}, options=options or RunnerOptions(),
+            mode=chosen_mode, seed=seed, few_shot=few_shot, prompts_dir=prompts_dir, backend=wrapped,
+            progress=progress,
+        )  # fmt: skip
+        summary = run_chain(job, call, store)
         return _summarise(store, summary, seed)
 
 

@@ -17,7 +17,7 @@ from charter.cli import common
 
 train_app = typer.Typer(
     name="train",
-    help="Train on the database's data with TRL (charter-trl): sft, reward, ppo, dpo.",
+    help="Train on the database's data with TRL (charter-trl): sft, reward, ppo, dpo; or a plugin's trainer.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -72,13 +72,9 @@ def _fmt(value: Any) -> str:
 
 
 def _highlights(kind: str, metrics: dict[str, Any]) -> str:
-    keys = {
-        "sft": ("final_loss", "loss_mode"),
-        "reward": ("final_loss", "eval_accuracy", "eval_ece"),
-        "ppo": ("mean_reward_before", "mean_reward_after", "final_kl"),
-        "dpo": ("final_loss", "final_reward_accuracy", "final_reward_margin"),
-    }[kind]
-    return ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys)
+    from charter.trainers import get_trainer
+
+    return ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in get_trainer(kind).highlights)
 
 
 def _train(kind: str, **kwargs: Any) -> None:
@@ -106,7 +102,6 @@ def _train(kind: str, **kwargs: Any) -> None:
         )
 
 
-@train_app.command("sft")
 def sft_cmd(
     db: Path = DbOpt,
     model: str = TrainModelOpt,
@@ -134,7 +129,6 @@ def sft_cmd(
     _train("sft", **locals())
 
 
-@train_app.command("reward")
 def reward_cmd(
     db: Path = DbOpt,
     model: str = TrainModelOpt,
@@ -159,7 +153,6 @@ def reward_cmd(
     _train("reward", **locals())
 
 
-@train_app.command("ppo")
 def ppo_cmd(
     db: Path = DbOpt,
     model: str = TrainModelOpt,
@@ -187,7 +180,6 @@ def ppo_cmd(
     _train("ppo", **locals())
 
 
-@train_app.command("dpo")
 def dpo_cmd(
     db: Path = DbOpt,
     model: str = TrainModelOpt,
@@ -202,6 +194,24 @@ def dpo_cmd(
 ) -> None:
     """DPO on preference_pairs: the RL-free alternative to reward model + PPO."""
     _train("dpo", **locals())
+
+
+def _default_command(kind: str, help_text: str) -> Any:
+    """The command of a trainer that brings none: the options every trainer takes; the trainer's
+    own options (fields of its spec's `options`) are set with --param."""
+
+    def command(
+        db: Path = DbOpt,
+        model: str = TrainModelOpt,
+        out: Path = OutOpt,
+        run: str | None = RunOpt,
+        where: str | None = WhereOpt,
+        param: list[str] | None = TrainParamOpt,
+    ) -> None:
+        _train(kind, db=db, model=model, out=out, run=run, where=where, param=param)
+
+    command.__doc__ = help_text or f"The {kind} trainer (a plugin's): its options are set with --param."
+    return command
 
 
 def demo_cmd(
@@ -232,8 +242,14 @@ def demo_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train` (a command group) and `demo` to the charter CLI."""
+    """Add `train` (a command group with one command per registered trainer) and `demo` to the CLI."""
+    from charter.plugins import get_trainers
+
     # Idempotent: the CLI's main() asks plugins to register on every call (tests call it many times).
+    have = {command.name for command in train_app.registered_commands}
+    for kind, spec in get_trainers().items():
+        if kind not in have:
+            train_app.command(kind)(spec.command or _default_command(kind, spec.help))
     if not any(group.name == "train" for group in app.registered_groups):
         app.add_typer(train_app, name="train")
     if not any(command.name == "demo" for command in app.registered_commands):

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from charter.rl_export import LabelRunChoice
+    from charter.exporters import LabelRunChoice
 
-from charter.export import ALL_ROUNDS_SQL
+from charter.exporters import ALL_ROUNDS_SQL
 
 __all__ = [
     "NoRowsError",
@@ -204,10 +204,10 @@ def read_preferences(
     """`read_preference_rows` and the label run they come from.
 
     A pair labeled by several label runs would otherwise count once per run: the rows of one label
-    run are kept, the one `run` names or else the latest (`charter.rl_export.choose_label_run`, the
+    run are kept, the one `run` names or else the latest (`charter.exporters.choose_label_run`, the
     rule `charter export --dataset preferences` follows too).
     """
-    from charter.rl_export import choose_label_run
+    from charter.exporters import choose_label_run
 
     selection = selection or Selection()
     rows = _select(

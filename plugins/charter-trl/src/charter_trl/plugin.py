@@ -1,7 +1,8 @@
 """The `charter` entry point of charter-trl: the trainers by kind, and the `train` and `demo` commands.
 
-The trainers are wrapped so that loading the plugin (which `charter --help` does) does not import
-torch or TRL; they load on the first call. The commands import only typer until they run.
+Each trainer is a `charter.trainers.TrainerSpec`; `charter train KIND` and `run_training(KIND)` look it
+up in `charter.plugins.get_trainers()` like any third party's. The specs' callables import torch and
+TRL on the first call, so loading the plugin (which `charter --help` does) stays light.
 """
 
 from __future__ import annotations
@@ -11,29 +12,113 @@ from collections.abc import Callable
 from typing import Any
 
 from charter.hookspecs import hookimpl
+from charter.trainers import TrainerSpec
 
-TRAINERS = {"sft": "train_sft", "reward": "train_reward", "ppo": "train_ppo", "dpo": "train_dpo"}
+
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    def get() -> Any:
+        return getattr(importlib.import_module(module), name)
+
+    return get
 
 
-def _lazy(kind: str, name: str) -> Callable[..., Any]:
-    def run(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(f"charter_trl.{kind}"), name)(*args, **kwargs)
+def _train_sft(rows: Any, model: str, out: Any, options: Any, *, callbacks: Any = (), mix: Any = None) -> Any:
+    from charter_trl.sft import train_sft
 
-    run.__name__ = run.__qualname__ = name
-    run.__doc__ = f"charter_trl.{kind}.{name}, imported on first call."
-    return run
+    return train_sft(rows, model, out, options, mix_rows=mix, callbacks=callbacks)
+
+
+def _train_reward(
+    rows: Any, model: str, out: Any, options: Any, *, callbacks: Any = (), mix: Any = None
+) -> Any:
+    from charter_trl.reward import train_reward
+
+    return train_reward(rows, model, out, options, mix_pairs=mix, callbacks=callbacks)
+
+
+def _train_dpo(rows: Any, model: str, out: Any, options: Any, *, callbacks: Any = ()) -> Any:
+    from charter_trl.dpo import train_dpo
+
+    return train_dpo(rows, model, out, options, callbacks=callbacks)
+
+
+def _train_ppo(
+    rows: Any,
+    model: str,
+    out: Any,
+    options: Any,
+    *,
+    callbacks: Any = (),
+    reward_model: str,
+    eval_prompts: Any = None,
+) -> Any:
+    from charter_trl.ppo import train_ppo
+
+    return train_ppo(rows, model, reward_model, out, options, eval_prompts=eval_prompts, callbacks=callbacks)
+
+
+def trainer_specs() -> list[TrainerSpec]:
+    """charter-trl's four trainers."""
+    from charter_trl import cli
+    from charter_trl.options import DPOOptions, PPOOptions, RewardOptions, SFTOptions
+
+    return [
+        TrainerSpec(
+            "sft",
+            SFTOptions,
+            "revisions",
+            _train_sft,
+            help="SL-CAI: supervised fine-tuning on the revisions",
+            highlights=("final_loss", "loss_mode"),
+            inputs=frozenset({"mix", "all_rounds"}),
+            command=cli.sft_cmd,
+            library_config=_lazy("trl", "SFTConfig"),
+        ),
+        TrainerSpec(
+            "reward",
+            RewardOptions,
+            "preference_pairs",
+            _train_reward,
+            help="RL-CAI: the preference (reward) model",
+            highlights=("final_loss", "eval_accuracy", "eval_ece"),
+            inputs=frozenset({"mix"}),
+            command=cli.reward_cmd,
+            library_config=_lazy("trl", "RewardConfig"),
+        ),
+        TrainerSpec(
+            "ppo",
+            PPOOptions,
+            "prompts",
+            _train_ppo,
+            help="RL-CAI: PPO against the reward model",
+            highlights=("mean_reward_before", "mean_reward_after", "final_kl"),
+            inputs=frozenset({"reward_model", "eval_prompts"}),
+            command=cli.ppo_cmd,
+            library_config=_lazy("charter_trl.ppo", "PPOConfig"),
+        ),
+        TrainerSpec(
+            "dpo",
+            DPOOptions,
+            "preference_pairs",
+            _train_dpo,
+            help="DPO on preference_pairs",
+            highlights=("final_loss", "final_reward_accuracy", "final_reward_margin"),
+            command=cli.dpo_cmd,
+            library_config=_lazy("trl", "DPOConfig"),
+        ),
+    ]
 
 
 @hookimpl
 def register_trainers(register: Callable[[str, Any], None]) -> None:
     """Register `sft`, `reward`, `ppo` and `dpo`."""
-    for kind, name in TRAINERS.items():
-        register(kind, _lazy(kind, name))
+    for spec in trainer_specs():
+        register(spec.kind, spec)
 
 
 @hookimpl
 def register_commands(app: Any) -> None:
-    """Add `charter train sft|reward|ppo|dpo` and `charter demo`."""
+    """Add `charter train <kind>` for every registered trainer, and `charter demo`."""
     from charter_trl.cli import register
 
     register(app)

@@ -29,6 +29,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from charter.store.store import StoreError
+from charter.trainers import TrainerSpec, get_trainer
 
 from .data import (
     Selection,
@@ -40,16 +41,9 @@ from .data import (
     read_prompt_rows,
     read_sft,
 )
-from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOptions
+from .options import DPOOptions, PPOOptions, TrainOptions
 
-__all__ = ["KINDS", "TrainingFailed", "build_options", "run_training"]
-
-KINDS: dict[str, type[TrainOptions]] = {
-    "sft": SFTOptions,
-    "reward": RewardOptions,
-    "ppo": PPOOptions,
-    "dpo": DPOOptions,
-}
+__all__ = ["TrainingFailed", "build_options", "run_training"]
 
 # Written next to the trained model: the training_runs record (without PPO's samples).
 RECORD_FILE = "charter_training_run.json"
@@ -76,9 +70,7 @@ def build_options(
     Each `params` key that is such a field sets it (e.g. `kl_coef`, `eval_count`, `loss`); any other
     key goes to `extra`, i.e. the TRL config, where an unknown name is an error naming it.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown training kind {kind!r}; expected one of {', '.join(KINDS)}")
-    cls = KINDS[kind]
+    cls = get_trainer(kind).options
     names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -94,15 +86,20 @@ def build_options(
             values[key] = value
         else:
             extra[key] = value
+    has_extra = any(f.name == "extra" for f in dataclasses.fields(cls))
+    if extra and not has_extra:
+        raise ValueError(f"unknown option {next(iter(extra))!r} for charter train {kind}")
     try:
-        built = cls(**values, extra=extra)
+        built = cls(**values, extra=extra) if has_extra else cls(**values)
     except TypeError as exc:  # pragma: no cover - names are checked above
         raise ValueError(f"bad options for charter train {kind}: {exc}") from None
     _check_option_values(kind, built)
     return built
 
 
-def _check_option_values(kind: str, options: TrainOptions) -> None:
+def _check_option_values(kind: str, options: Any) -> None:
+    if not isinstance(options, TrainOptions):
+        return  # a third party's options: its trainer checks them
     if options.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.max_steps is not None and options.max_steps < 1:
@@ -111,19 +108,12 @@ def _check_option_values(kind: str, options: TrainOptions) -> None:
         raise ValueError(f"--learning-rate must be positive, got {options.learning_rate}")
 
 
-def _validate_trl_fields(kind: str, options: TrainOptions) -> None:
+def _validate_trl_fields(spec: TrainerSpec, options: Any) -> None:
     """An unknown `--param` key fails here, before any model is loaded."""
     from .common import validate_extra
 
-    if kind == "sft":
-        from trl import SFTConfig as config_class
-    elif kind == "reward":
-        from trl import RewardConfig as config_class  # type: ignore[assignment]
-    elif kind == "dpo":
-        from trl import DPOConfig as config_class  # type: ignore[assignment]
-    else:
-        from .ppo import PPOConfig as config_class  # type: ignore[assignment]
-    validate_extra(config_class, options.extra)
+    if spec.library_config is not None:
+        validate_extra(spec.library_config(), options.extra)
 
 
 def check_counts(
@@ -308,6 +298,18 @@ def _remove_if_new_and_empty(out: Path, existed: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _takers(attribute: str, value: str) -> str:
+    """`charter train a and b`: the installed trainers whose `attribute` has `value`."""
+    from charter.plugins import get_trainers
+
+    kinds = [
+        k
+        for k, t in get_trainers().items()
+        if value == getattr(t, attribute) or value in getattr(t, attribute)
+    ]
+    return "charter train " + " and ".join(kinds)
+
+
 def run_training(
     kind: str,
     *,
@@ -347,26 +349,28 @@ def run_training(
     training itself fails (the run is then recorded as 'failed').
     """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    spec = get_trainer(kind)
     opts = build_options(kind, options, params)
     if prompts_from_run is not None:
-        if kind != "ppo":
-            raise ValueError("--prompts-from-run applies to charter train ppo only")
+        if spec.source != "prompts":
+            raise ValueError(f"--prompts-from-run applies to {_takers('source', 'prompts')} only")
         if run is not None and run != prompts_from_run:
             raise ValueError("give --run or --prompts-from-run, not both")
         run = prompts_from_run
-    if reward_model is not None and kind != "ppo":
-        raise ValueError("--reward-model applies to charter train ppo only")
-    if kind == "ppo" and reward_model is None:
-        raise ValueError("charter train ppo needs --reward-model DIR (a model from charter train reward)")
-    if (all_rounds is not None or final_only) and kind != "sft":
-        raise ValueError("--all-rounds and --final-only apply to charter train sft only")
-    if mix is not None and kind not in ("sft", "reward"):
-        raise ValueError("--mix applies to charter train sft and reward only")
+    given = {  # input: (given?, how the error names it)
+        "reward_model": (reward_model is not None, "--reward-model applies"),
+        "all_rounds": (all_rounds is not None or final_only, "--all-rounds and --final-only apply"),
+        "mix": (mix is not None, "--mix applies"),
+        "eval_prompts": (eval_prompts is not None, "eval prompts apply"),
+    }
+    for name, (present, flag) in given.items():
+        if present and name not in spec.inputs:
+            raise ValueError(f"{flag} to {_takers('inputs', name)} only")
+    if "reward_model" in spec.inputs and reward_model is None:
+        raise ValueError(f"charter train {kind} needs --reward-model DIR (a model from charter train reward)")
     if final_only and all_rounds:
         raise ValueError("give --final-only or --all-rounds, not both")
     all_rounds = not final_only
-    if eval_prompts is not None and kind != "ppo":
-        raise ValueError("eval prompts apply to charter train ppo only")
 
     db_path = Path(db)
     if not db_path.exists():
@@ -379,33 +383,34 @@ def run_training(
     # 1. Read everything the run needs; the read-only connection is closed again before training.
     mix_rows: list[dict[str, Any]] | None = None
     held_out: list[Any] | None = None
+    label_run = None
     notes: dict[str, Any] = {}  # what the data selection decided, told on stderr and kept in config
-    if kind == "sft":
+    source = spec.source
+    if spec.read_rows is not None:
+        rows, notes = spec.read_rows(db_path, selection)
+    elif source in ("revisions", "sft_examples"):
         rows, duplicates = read_sft(db_path, selection, all_rounds=all_rounds)
         notes["duplicate_rounds_dropped"] = duplicates
-        if mix is not None:
-            mix_rows = read_mix_file(mix) if isinstance(mix, str | os.PathLike) else [dict(r) for r in mix]
         source = "revisions" if all_rounds else "sft_examples"
-    elif kind in ("reward", "dpo"):
+    elif source == "preference_pairs":
         rows, label_run = read_preferences(db_path, selection)
         notes["label_run"] = label_run.name
-        if mix is not None:  # kind == "reward": human comparisons in the HH-RLHF layout
-            mix_rows = read_hh_file(mix) if isinstance(mix, str | os.PathLike) else [dict(r) for r in mix]
-        source = "preference_pairs"
     else:
         rows = read_prompt_rows(db_path, selection)
-        source = "prompts"
-        if eval_prompts is not None:
-            held_out = _prompt_rows_from(eval_prompts)
-            if not held_out:
-                raise ValueError("no eval prompts")
+    if mix is not None:  # SFT: chat data; preferences: human comparisons in the HH-RLHF layout
+        read_mix = read_hh_file if source == "preference_pairs" else read_mix_file
+        mix_rows = read_mix(mix) if isinstance(mix, str | os.PathLike) else [dict(r) for r in mix]
+    if eval_prompts is not None:
+        held_out = _prompt_rows_from(eval_prompts)
+        if not held_out:
+            raise ValueError("no eval prompts")
     _barrier()  # every process has read before the main one opens the file for writing
     check_counts(kind, opts, rows, mix_rows=mix_rows, eval_prompts=held_out, source=source)
 
     # 2. Check the models and the TRL fields (still nothing written).
-    _validate_trl_fields(kind, opts)
+    _validate_trl_fields(spec, opts)
     model_name = resolve_model(model)
-    tokenizer = _check_model(model_name, trust_remote_code=opts.trust_remote_code)
+    tokenizer = _check_model(model_name, trust_remote_code=getattr(opts, "trust_remote_code", False))
     reward_dir: str | None = None
     if reward_model is not None:
         reward_dir = resolve_model(reward_model)
@@ -424,19 +429,19 @@ def run_training(
         "source": source,
         "run": run,
         "where": where,
-        "options": opts.to_dict(),
+        "options": opts.to_dict() if hasattr(opts, "to_dict") else dataclasses.asdict(opts),
     }
     config.update(notes)
     # What was read, told once the input has passed every check (a bad input prints its error only).
-    if kind in ("reward", "dpo"):
+    if label_run is not None:
         _tell(label_run.note())
-    if kind == "reward" and mix_rows is not None:
+    if source == "preference_pairs" and mix_rows is not None:
         share = len(mix_rows) / (len(rows) + len(mix_rows))
         _tell(
             f"reward: {len(rows)} AI-labeled pairs + {len(mix_rows)} human pairs from --mix ({share:.0%} human)"
         )
         config.update(mix=str(mix) if isinstance(mix, str | os.PathLike) else None, mix_rows=len(mix_rows))
-    if kind == "sft":
+    if source in ("revisions", "sft_examples"):
         _tell(
             f"sft: {len(rows)} examples from every round's revision ({notes['duplicate_rounds_dropped']} "
             "unchanged rounds dropped as duplicates); --final-only for the final revisions only"
@@ -445,7 +450,7 @@ def run_training(
         )
         config.update(all_rounds=all_rounds, mix=str(mix) if isinstance(mix, str | os.PathLike) else None)
         config["mix_rows"] = len(mix_rows) if mix_rows is not None else 0
-    if kind == "ppo":
+    if "reward_model" in spec.inputs:
         config.update(
             reward_model=reward_dir,
             eval_prompts=str(eval_prompts) if isinstance(eval_prompts, str | os.PathLike) else None,
@@ -465,35 +470,15 @@ def run_training(
 
     # 3. Train.
     try:
-        if isinstance(opts, SFTOptions):
-            from .sft import train_sft
-
-            metrics = train_sft(
-                rows, model_name, out_path, opts, mix_rows=mix_rows, callbacks=[started, *callbacks]
-            )
-        elif isinstance(opts, RewardOptions):
-            from .reward import train_reward
-
-            metrics = train_reward(
-                rows, model_name, out_path, opts, mix_pairs=mix_rows, callbacks=[started, *callbacks]
-            )
-        elif isinstance(opts, DPOOptions):
-            from .dpo import train_dpo
-
-            metrics = train_dpo(rows, model_name, out_path, opts, callbacks=[started, *callbacks])
-        else:
-            from .ppo import train_ppo
-
-            assert isinstance(opts, PPOOptions) and reward_dir is not None
-            metrics = train_ppo(
-                rows,
-                model_name,
-                reward_dir,
-                out_path,
-                opts,
-                eval_prompts=held_out,
-                callbacks=[started, *callbacks],
-            )
+        inputs = {"mix": mix_rows, "reward_model": reward_dir, "eval_prompts": held_out}
+        metrics = spec.train(
+            rows,
+            model_name,
+            out_path,
+            opts,
+            callbacks=[started, *callbacks],
+            **{k: v for k, v in inputs.items() if k in spec.inputs},
+        )
     except BaseException as exc:
         if not started.began:
             _remove_if_new_and_empty(out_path, existed)

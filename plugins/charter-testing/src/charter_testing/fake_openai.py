@@ -5,7 +5,7 @@ It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` (legacy) and `
 providers and the ``openai`` client parse, including log-probabilities, and can inject faults (429, 500,
 503, slow answers, broken JSON, dropped connections)::
 
-    from charter.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeToken
+    from charter_testing.fake_openai import FakeOpenAIServer, FakeReply, FakeToken
 
     def responder(req):
         return FakeReply(" (A)", tokens=[FakeToken(" (A)", {" (A)": math.log(0.7), " (B)": math.log(0.3)})])
@@ -14,7 +14,7 @@ providers and the ``openai`` client parse, including log-probabilities, and can 
         litellm.completion(model="openai/test", api_base=srv.base_url, api_key="x", messages=[...])
 
 Run it in another process for benchmarks with
-``python -m charter.testing.fake_openai --port 8000 --latency-ms 50 [--no-logprobs]`` or
+``python -m charter_testing.fake_openai --port 8000 --latency-ms 50 [--no-logprobs]`` or
 :func:`start_subprocess`.
 """
 
@@ -288,7 +288,7 @@ class FakeOpenAIServer:
     (asynchronously) before every answer; with ``logprobs=False`` no log-probabilities are ever returned;
     with ``include_stop=True`` a matched stop string is returned at the end of the text (transformers
     serve does this). ``split`` tokenizes replies that carry no tokens of their own (e.g.
-    ``charter.testing.tokenization.BPEReplies.train().split``, a real BPE); by default they are split
+    ``charter_testing.tokenization.BPEReplies.train().split``, a real BPE); by default they are split
     into whitespace-preserving words. Every completion request is counted and its JSON body recorded,
     faulted ones included.
     """
@@ -675,7 +675,7 @@ class FakeOpenAIServer:
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the base URL on one line, then serve until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(
-        prog="python -m charter.testing.fake_openai", description="Serve a fake OpenAI-compatible API."
+        prog="python -m charter_testing.fake_openai", description="Serve a fake OpenAI-compatible API."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
@@ -717,7 +717,7 @@ def start_subprocess(
     cmd = [
         sys.executable,
         "-m",
-        "charter.testing.fake_openai",
+        "charter_testing.fake_openai",
         "--host",
         host,
         "--port",
@@ -728,7 +728,7 @@ def start_subprocess(
     if not logprobs:
         cmd.append("--no-logprobs")
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])  # the directory holding the ``charter`` package
+    src = str(Path(__file__).resolve().parents[1])  # the directory holding ``charter_testing``
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()

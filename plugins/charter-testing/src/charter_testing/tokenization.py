@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from charter.testing.fake_openai import DEFAULT_LOGPROB, FakeReply, FakeToken
+from charter_testing.fake_openai import DEFAULT_LOGPROB, FakeReply, FakeToken
 
 __all__ = ["DEFAULT_CORPUS", "Alternatives", "BPEReplies"]
 
