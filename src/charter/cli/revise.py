@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from charter.cli import common
-from charter.runner import RunnerOptions
-from charter.session import RunSummary
+from charter.runner_options import RunnerOptions
+
+if TYPE_CHECKING:  # the session imports the runner and DuckDB: not for `charter --help`
+    from charter.session import RunSummary
 
 
 def print_summary(summary: RunSummary, db: Path) -> None:

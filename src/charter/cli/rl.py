@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from charter.cli import common
 from charter.cli.revise import print_summary
-from charter.runner import RunnerOptions
-from charter.session import RunSummary
+from charter.runner_options import RunnerOptions
+
+if TYPE_CHECKING:  # the session imports the runner and DuckDB: not for `charter --help`
+    from charter.session import RunSummary
 
 SeedOpt = typer.Option(0, "--seed", help="Seed for the principle draws, pair choice and few-shot order.")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Only the first N prompts (sample) or pairs (label).")
