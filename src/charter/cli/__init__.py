@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,6 +15,9 @@ from charter.cli import run as run_command
 from charter.cli import runs as runs_command
 from charter.cli import scale as scale_commands
 from charter.cli.common import user_errors
+
+if TYPE_CHECKING:
+    from charter.session import RunInterrupted
 
 app = typer.Typer(
     name="charter",
@@ -103,7 +107,7 @@ def _store_write_error() -> type[BaseException]:
     return StoreWriteError
 
 
-def _run_interrupted() -> type[BaseException]:
+def _run_interrupted() -> type[RunInterrupted]:
     from charter.session import RunInterrupted
 
     return RunInterrupted
