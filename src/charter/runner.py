@@ -23,22 +23,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_base
 
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
+from charter.runner_options import RunnerOptions
 from charter.store.store import CachedCall, Store, completion_to_json
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass
-class RunnerOptions:
-    """How calls are made: parallelism, retries and rate limits."""
-
-    concurrency: int = 16
-    max_retries: int = 6
-    requests_per_minute: float | None = None
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 120.0
 
 
 @dataclass

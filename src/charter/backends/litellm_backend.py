@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -342,6 +343,8 @@ class LiteLLMBackend:
 
     async def aclose(self) -> None:
         """Close litellm's HTTP clients bound to the current event loop."""
+        if "litellm" not in sys.modules:
+            return  # never imported, so no clients; importing it only to close nothing costs seconds
         litellm = import_litellm()
         # Closing is best effort: a failure here must not fail a finished run.
         with contextlib.suppress(Exception):

@@ -1,9 +1,13 @@
 """The OpenAI-compatible fast path: `openai/`, `hosted_vllm/` and `text-completion-openai/` models
-with an api_base go straight through the `openai` client instead of `litellm.acompletion`.
+with an api_base are posted straight to the endpoint (aiohttp + json) instead of `litellm.acompletion`.
 
 Why: for these providers LiteLLM sends the request body unchanged, but spends several milliseconds of
 CPU per call on things charter does itself or does not need (parameter mapping, response rebuilding,
-cost calculation, logging hooks). On a busy event loop that, not the server, caps throughput.
+cost calculation, logging hooks), and the openai client still ~2 ms on request options and response
+wrappers. On a busy event loop that, not the server, caps throughput. Neither litellm nor openai is
+imported on this path (importing litellm alone takes seconds); the cost comes from LiteLLM's price
+table read as data (backends/pricing.py). CHARTER_HTTP_TRANSPORT=openai sends through the openai
+client instead (httpx: with its default httpx transport).
 
 What stays the same: the request body (the same JSON LiteLLM sends for these providers), the parsed
 `Completion` (texts, logprobs, finish reasons, token counts, cost from LiteLLM's price table) and
@@ -17,10 +21,13 @@ Switch it off with `--param charter_fast_path=false` or `CHARTER_FAST_PATH=0`.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 import time
 from typing import Any
 
+from charter.backends import pricing
 from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
 from charter.backends.litellm_backend import (
     DEFAULT_TIMEOUT,
@@ -97,18 +104,20 @@ def make_backend(
 def classify_openai_error(
     exc: Exception, *, endpoint: str | None = None, timeout: float | None = None
 ) -> BackendError:
-    """Map an `openai`/httpx/JSON exception to a `BackendError`, the way `classify_error` maps LiteLLM's."""
-    import openai
-
+    """Map an aiohttp/`openai`/httpx/JSON exception to a `BackendError`, as `classify_error` maps LiteLLM's."""
+    status_errors: tuple[type[BaseException], ...] = (APIStatusError,)
+    openai = sys.modules.get("openai")  # its errors exist only once it is imported (the SDK transport)
+    if openai is not None:
+        status_errors += (openai.APIStatusError,)
     if isinstance(exc, BackendError):
         return exc
     known = explain_failure(exc, endpoint=endpoint, timeout=timeout)
     if known is not None:
         return backend_error(exc, known[1], message=known[0])
     retryable = True
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, status_errors):
         # LiteLLM: auth/permission/not-found/bad-request are fatal, 429/5xx and friends retry.
-        status = exc.status_code
+        status = getattr(exc, "status_code", None)
         retryable = status in RETRYABLE_STATUS or (isinstance(status, int) and status >= 500)
     # Everything else retries: dropped connections, and a truncated or malformed body
     # (JSON, Unicode, missing keys; LiteLLM reports these as InternalServerError: retried).
@@ -116,7 +125,8 @@ def classify_openai_error(
 
 
 class OpenAIFastBackend:
-    """`openai.AsyncOpenAI` behind the `Backend` interface for OpenAI-compatible endpoints."""
+    """OpenAI-compatible endpoints behind the `Backend` interface: plain aiohttp + json by default,
+    `openai.AsyncOpenAI` with CHARTER_HTTP_TRANSPORT=openai (or httpx, the SDK's default transport)."""
 
     def __init__(
         self,
@@ -133,6 +143,7 @@ class OpenAIFastBackend:
         self.model = model
         self.prefix = prefix
         self.remote_model = model[len(prefix) :]
+        self.provider = prefix.rstrip("/")  # LiteLLM's provider name, for its price table
         self.api_base = api_base
         options = dict(client_options or {})
         self.fallback = LiteLLMBackend(model, api_base=api_base, client_options=options, timeout=timeout)
@@ -154,17 +165,42 @@ class OpenAIFastBackend:
         self._organization = options.get("organization")
         self._timeout = float(options.get("timeout", timeout))
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        # The headers the openai client sends that a server may look at (the rest are its telemetry).
+        lean = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
+        if self._organization:
+            lean["OpenAI-Organization"] = str(self._organization)
+        self._lean_headers = {**lean, **headers}
+        self._lean = os.environ.get("CHARTER_HTTP_TRANSPORT", "aiohttp") == "aiohttp"
+        self._base = api_base.rstrip("/")
 
     # -- clients ---------------------------------------------------------------------------
     def _client(self) -> Any:
-        """One AsyncOpenAI client per event loop (httpx clients cannot cross loops)."""
+        """One client per event loop (neither aiohttp's nor httpx's can cross loops)."""
         loop = asyncio.get_running_loop()
         entry = self._clients.get(id(loop))
         if entry is not None and entry[0] is loop:
             return entry[1]
+        client = self._lean_session() if self._lean else self._openai_client()
+        self._clients[id(loop)] = (loop, client)
+        return client
+
+    def _lean_session(self) -> Any:
+        """The lean transport (the default): an aiohttp session."""
+        import aiohttp
+
+        return aiohttp.ClientSession(
+            # No pool limit of its own: the runner's --concurrency bounds the requests in flight.
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers=self._lean_headers,
+            json_serialize=json.dumps,
+        )
+
+    def _openai_client(self) -> Any:
+        """The SDK transport: `openai.AsyncOpenAI`, its own retries off."""
         import openai
 
-        client = openai.AsyncOpenAI(
+        return openai.AsyncOpenAI(
             base_url=self.api_base,
             api_key=self._api_key,
             organization=self._organization,
@@ -173,8 +209,6 @@ class OpenAIFastBackend:
             max_retries=0,  # the runner retries
             http_client=_http_client(self._timeout),
         )
-        self._clients[id(loop)] = (loop, client)
-        return client
 
     async def aclose(self) -> None:
         """Close the clients of the current loop (and LiteLLM's, if the fallback was used)."""
@@ -209,10 +243,16 @@ class OpenAIFastBackend:
         body.update(request.params)
         if request.n != 1:
             body["n"] = request.n
+        # The client is made (and its modules imported) before the clock starts: latency_ms is the
+        # request's own time, even for a run's first calls.
+        client = self._client()
         started = time.perf_counter()
         try:
-            # cast_to=object: the JSON as plain dicts, skipping the SDK's response models.
-            data = await self._client().post(path, cast_to=object, body=body)
+            if self._lean:
+                data = await _post_json(client, self._base + path, body)
+            else:
+                # cast_to=object: the JSON as plain dicts, skipping the SDK's response models.
+                data = await client.post(path, cast_to=object, body=body)
             completion = self._parse(request, data)
         except BackendError:
             raise
@@ -254,14 +294,45 @@ class OpenAIFastBackend:
             finish_reasons=[c.get("finish_reason") for c in choices],
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            # The fallback looks up once whether LiteLLM's price table knows the model; unknown
-            # models (local servers, the common case here) then cost nothing per call.
-            cost_usd=self.fallback._cost(prompt_tokens, completion_tokens),
+            # From LiteLLM's price table read as data: importing litellm here would stall the
+            # event loop for seconds mid-run (and every call's latency_ms with it).
+            cost_usd=pricing.cost_usd(self.provider, self.remote_model, prompt_tokens, completion_tokens),
         )
 
 
+class APIStatusError(Exception):
+    """An HTTP error answer of the lean transport, shaped as the openai client's exception is:
+    `status_code`, the parsed `body` and the `headers` (Retry-After), so it is classified alike."""
+
+    def __init__(self, status_code: int, body: Any, headers: Any) -> None:
+        super().__init__(f"Error code: {status_code} - {body}")
+        self.status_code = status_code
+        self.body = body
+        self.headers = headers
+
+
+async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
+    """POST `body` as JSON and decode the answer: aiohttp and json only, about a third of the
+    openai client's CPU per call (no request-options objects, no response wrappers)."""
+    async with session.post(url, json=body) as response:
+        raw = await response.read()
+        status = response.status
+        headers = response.headers
+    if status >= 400:
+        try:
+            said: Any = json.loads(raw)
+        except ValueError:
+            said = raw.decode("utf-8", "replace")
+        # The openai client unwraps OpenAI's {"error": {...}} to its inner object.
+        if isinstance(said, dict) and isinstance(said.get("error"), dict):
+            said = said["error"]
+        raise APIStatusError(status, said, headers)
+    return json.loads(raw)
+
+
 def _http_client(timeout: float) -> Any:
-    """The openai SDK's aiohttp transport when it is there, else its default httpx one.
+    """For the SDK transport: its aiohttp transport (CHARTER_HTTP_TRANSPORT=openai) when it is
+    there, else (or with CHARTER_HTTP_TRANSPORT=httpx) its default httpx one.
 
     httpx's connection pool does O(connections) work per request (hundreds of socket checks at
     concurrency 256); aiohttp's does not, which halves the client's CPU per call.
@@ -269,7 +340,7 @@ def _http_client(timeout: float) -> Any:
     import openai
 
     make = getattr(openai, "DefaultAioHttpClient", None)
-    if make is not None and os.environ.get("CHARTER_HTTP_TRANSPORT", "aiohttp") == "aiohttp":
+    if make is not None and os.environ.get("CHARTER_HTTP_TRANSPORT") != "httpx":
         try:
             return make(timeout=timeout)
         except RuntimeError:  # the SDK was installed without its aiohttp extra

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -13,9 +14,10 @@ from charter.cli import rl as rl_commands
 from charter.cli import run as run_command
 from charter.cli import runs as runs_command
 from charter.cli import scale as scale_commands
-from charter.cli.common import USER_ERRORS
-from charter.session import RunInterrupted
-from charter.store.store import StoreWriteError
+from charter.cli.common import user_errors
+
+if TYPE_CHECKING:
+    from charter.session import RunInterrupted
 
 app = typer.Typer(
     name="charter",
@@ -86,16 +88,29 @@ def main() -> None:
         # One line, as for every other bad input (click's default is a usage block plus a hint).
         typer.echo(f"charter: error: {where}{message}", err=True)
         sys.exit(int(getattr(exc, "exit_code", 2)))
-    except USER_ERRORS as exc:
+    # The classes below are imported only when an exception reaches their clause (fast --help).
+    except user_errors() as exc:
         typer.echo(f"charter: error: {exc}", err=True)
         sys.exit(2)
-    except StoreWriteError as exc:
+    except _store_write_error() as exc:
         typer.echo(f"charter: error: {exc}", err=True)
         sys.exit(1)
-    except RunInterrupted as exc:
+    except _run_interrupted() as exc:
         _interrupted(exc.signum)
     except KeyboardInterrupt:
         _interrupted(signal.SIGINT)
+
+
+def _store_write_error() -> type[BaseException]:
+    from charter.store.store import StoreWriteError
+
+    return StoreWriteError
+
+
+def _run_interrupted() -> type[RunInterrupted]:
+    from charter.session import RunInterrupted
+
+    return RunInterrupted
 
 
 def _interrupted(signum: int) -> None:

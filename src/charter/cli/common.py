@@ -10,20 +10,28 @@ from pydantic import BaseModel
 
 from charter import config
 from charter.config import CallConfig, TaskConfig, cli_spec
-from charter.constitution import ConstitutionError
-from charter.inputs import InputError
-from charter.prompts import PromptError
-from charter.store.store import StoreError
 from charter.tasks.revise import ReviseConfig
 
-# Exceptions that mean the user's input or invocation is wrong: one line on stderr, exit 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    InputError,
-    PromptError,
-    ConstitutionError,
-    StoreError,
-    ValueError,
-)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user's input or invocation is wrong: one line on stderr, exit 2.
+
+    A function, imported when an error is being handled: the modules defining them pull in
+    pydantic, Jinja and DuckDB, which `charter --help` must not pay for.
+    """
+    from charter.constitution import ConstitutionError
+    from charter.inputs import InputError
+    from charter.prompts import PromptError
+    from charter.store.store import StoreError
+
+    return (InputError, PromptError, ConstitutionError, StoreError, ValueError)
+
+
+def __getattr__(name: str) -> object:
+    # `USER_ERRORS` stays importable (as the tuple), built on first use.
+    if name == "USER_ERRORS":
+        return user_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class UsageError(ValueError):

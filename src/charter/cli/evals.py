@@ -8,7 +8,7 @@ import typer
 
 from charter.cli import common
 from charter.cli.revise import print_summary
-from charter.runner import RunnerOptions
+from charter.runner_options import RunnerOptions
 
 
 def register(app: typer.Typer) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from charter.cli import common
 from charter.cli.derive import task_command
-from charter.session import RunSummary
 from charter.tasks.revise import REVISE, ReviseConfig
+
+if TYPE_CHECKING:  # the session imports the runner and DuckDB: not for `charter --help`
+    from charter.session import RunSummary
 
 
 def print_summary(summary: RunSummary, db: Path) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from charter.cli import common
 from charter.cli.derive import task_command
 from charter.cli.revise import print_summary
-from charter.session import RunSummary
 from charter.tasks.label import LABEL, LabelConfig
 from charter.tasks.sample import SAMPLE, SampleConfig
+
+if TYPE_CHECKING:  # the session imports the runner and DuckDB: not for `charter --help`
+    from charter.session import RunSummary
 
 
 def _finish(summary: RunSummary, db: Path, lines: list[str], *, nothing_done: bool = False) -> None:
