@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.backends.base import Backend
+from charter.backends.batch import check_batch
 from charter.backends.params import redact
 from charter.backends.preflight import check_model
 from charter.backends.registry import get_backend
@@ -204,6 +205,7 @@ def sample(
     check_templates(chain, mode, prompts_dir)
     if backend is None:
         check_model(model, api_base=api_base, params=params)
+    check_batch(model, api_base, params, options)
     with ExitStack() as stack:
         source: PromptSource | None = None
         source_run_id: str | None = None
@@ -381,6 +383,7 @@ def label(
     )
     if backend is None:
         check_model(model, api_base=api_base, params=params)
+    check_batch(model, api_base, params, options)
     inner = backend or get_backend(model, api_base=api_base, params=params)
     wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)
     chosen_mode = mode or default_label_mode(model, wrapped)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from charter.backends.base import Backend
+from charter.backends.batch import check_batch
 from charter.backends.registry import get_backend
 from charter.prompts import load_prompt
 from charter.runner import CallFailed, CallResult, Runner, RunnerOptions, bounded_map
@@ -147,6 +148,7 @@ def run_chain(
 
     request_params, _ = split_params(params or {})
     check_templates(chain, mode, prompts_dir)
+    check_batch(model, api_base, params, options)  # before the database is touched: bad input, exit 2
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_id, resumed = store.start_run(
@@ -157,6 +159,11 @@ def run_chain(
             run_id=run_id, run_name=run_name, resumed=resumed, total=total, skipped=len(done)
         )
         backend = backend or get_backend(model, api_base=api_base, params=params)
+        if options.batch:
+            from charter.backends.batch import BatchBackend, batch_options
+
+            backend = BatchBackend(backend, store, run_id, model=model, api_base=api_base, params=params)
+            options = batch_options(options)
         started = time.perf_counter()
         status = "failed"
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.backends.base import Backend
+from charter.backends.batch import check_batch
 from charter.backends.params import redact
 from charter.backends.preflight import check_model
 from charter.constitution import Constitution, load_constitution
@@ -122,6 +123,7 @@ def revise(
     scan = scan_prompts(source, limit, owned)  # validate everything before writing anything
     if backend is None:
         check_model(model, api_base=api_base, params=params)
+    check_batch(model, api_base, params, options)
     constitution_obj = (
         constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     )

@@ -133,6 +133,12 @@ ConcurrencyOpt = typer.Option(
 MaxRetriesOpt = typer.Option(
     6, "--max-retries", min=0, metavar="N", help="Retries per call on 429/5xx/timeouts."
 )
+BatchOpt = typer.Option(
+    False,
+    "--batch",
+    help="Through the provider's batch API (about half the price, answers within 24h); "
+    "the same command resumes a killed run without resubmitting.",
+)
 RpmOpt = typer.Option(
     None, "--rpm", min=0.001, metavar="RPM", help="Requests-per-minute limit (off by default)."
 )

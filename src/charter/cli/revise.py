@@ -67,6 +67,7 @@ def register(app: typer.Typer) -> None:
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
         rpm: float | None = common.RpmOpt,
+        batch: bool = common.BatchOpt,
         prompts_dir: str | None = common.PromptsDirOpt,
     ) -> None:
         """SL-CAI: answer each prompt, then critique and revise it --rounds times."""
@@ -91,7 +92,9 @@ def register(app: typer.Typer) -> None:
             api_base=common.api_bases(api_base),
             params=common.with_router(common.parse_params(param), router, model),
             shard=shard,
-            options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
+            options=RunnerOptions(
+                concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm, batch=batch
+            ),
             prompts_dir=prompts_dir,
             progress=common.progress_enabled(),
         )

@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
         rpm: float | None = common.RpmOpt,
+        batch: bool = common.BatchOpt,
         prompts_dir: str | None = common.PromptsDirOpt,
     ) -> None:
         """RL-CAI: sample --n responses per prompt and store the pairs to label.
@@ -90,7 +91,9 @@ def register(app: typer.Typer) -> None:
             run_name=run_name,
             api_base=api_base,
             params=common.parse_params(param),
-            options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
+            options=RunnerOptions(
+                concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm, batch=batch
+            ),
             prompts_dir=prompts_dir,
             progress=common.progress_enabled(),
         )
@@ -172,6 +175,7 @@ def register(app: typer.Typer) -> None:
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
         rpm: float | None = common.RpmOpt,
+        batch: bool = common.BatchOpt,
         prompts_dir: str | None = common.PromptsDirOpt,
         max_flagged: float = typer.Option(
             0.5,
@@ -212,7 +216,9 @@ def register(app: typer.Typer) -> None:
             run_name=run_name,
             api_base=api_base,
             params=common.parse_params(param),
-            options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
+            options=RunnerOptions(
+                concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm, batch=batch
+            ),
             prompts_dir=prompts_dir,
             progress=common.progress_enabled(),
             max_flagged=max_flagged,

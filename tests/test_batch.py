@@ -1,0 +1,174 @@
+"""`--batch`: revise, sample and label through the provider batch API (files + batches) of the server.
+
+Each test starts its own server: the batch API keeps state (files, batches, held or failing lines).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from charter_testkit import CHAT_MODEL, REPO, CliResult, query, revise_args, write_prompts
+
+from charter.backends.batch import POLL_ENV
+from charter.testing.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture
+def bserver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
+    """A server of this test's own, and batches looked at every 20 ms."""
+    monkeypatch.setenv(POLL_ENV, "0.02")
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+def prompts(tmp_path: Path, count: int) -> Path:
+    return write_prompts(
+        tmp_path / "prompts.jsonl", [f"How do I do risky thing number {i}?" for i in range(count)]
+    )
+
+
+def sample_args(db: Path, server: FakeOpenAIServer, prompts_path: Path, *extra: Any) -> list[Any]:
+    model = ["--model", CHAT_MODEL, "--api-base", server.base_url]
+    return ["sample", "--db", db, *model, "--prompts", prompts_path, *extra]
+
+
+def table(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    return sorted(query(db, sql))
+
+
+REVISIONS = "SELECT prompt_id, round, principle, critique, revision FROM revisions"
+SFT = "SELECT prompt_id, prompt, completion, init_response FROM sft_examples"
+
+
+def test_batch_revise_equals_online_one_batch_per_round(
+    tmp_path: Path, bserver: FakeOpenAIServer, cli: Callable[..., CliResult]
+) -> None:
+    source = prompts(tmp_path, 3)
+    online, batched = tmp_path / "online.duckdb", tmp_path / "batch.duckdb"
+    assert cli(*revise_args(source, online, bserver, "--rounds", "2", "--always-revise")).code == 0
+    online_requests = bserver.request_count
+    bserver.reset()
+
+    result = cli(*revise_args(source, batched, bserver, "--rounds", "2", "--always-revise", "--batch"))
+    assert result.code == 0, result.stderr
+    assert bserver.request_count == 0  # nothing went to the online endpoint
+    assert bserver.batches.lines_submitted == online_requests == 3 * 5
+    # respond, then critique and revise for each of the 2 rounds: one batch each.
+    assert bserver.batches.batches_created == 5
+    assert table(batched, REVISIONS) == table(online, REVISIONS) and len(table(online, REVISIONS)) == 6
+    assert table(batched, SFT) == table(online, SFT)
+    jobs = query(batched, "SELECT status, requests, completed, failed FROM batch_jobs")
+    assert sorted(jobs) == [("completed", 3, 3, 0)] * 5
+
+    # The answers are in the same request cache as online calls: an online run of the same
+    # command on the batch run's file makes no request.
+    again = cli(*revise_args(source, batched, bserver, "--rounds", "2", "--always-revise", "--run-name", "x"))
+    assert again.code == 0 and bserver.request_count == 0
+    assert "15 cache hits" in again.stderr
+
+
+def test_batch_label_with_logprobs_equals_online(
+    tmp_path: Path, bserver: FakeOpenAIServer, cli: Callable[..., CliResult]
+) -> None:
+    source = prompts(tmp_path, 3)
+    rows = {}
+    for name, extra in (("online", []), ("batch", ["--batch"])):
+        db = tmp_path / f"{name}.duckdb"
+        assert cli(*sample_args(db, bserver, source, *extra)).code == 0
+        label = ["label", "--db", db, "--model", CHAT_MODEL, "--api-base", bserver.base_url, *extra]
+        result = cli(*label)
+        assert result.code == 0, result.stderr
+        rows[name] = table(
+            db,
+            "SELECT p.prompt_id, l.principle, l.prob_a, l.label_source, l.status "
+            "FROM pair_labels l JOIN pairs p USING (pair_id)",
+        )
+    assert rows["batch"] == rows["online"] and len(rows["online"]) == 3
+    assert all(r[3] == "logprobs" for r in rows["batch"])  # log-probabilities came back in the batch
+    assert bserver.batches.batches_created == 2  # sample, label
+
+
+def test_failed_and_expired_lines_resubmit_only_what_is_missing(
+    tmp_path: Path, bserver: FakeOpenAIServer, cli: Callable[..., CliResult]
+) -> None:
+    source = prompts(tmp_path, 6)
+    db = tmp_path / "cai.duckdb"
+    bserver.batches.fail_lines(2, status=500)
+    result = cli(*sample_args(db, bserver, source, "--batch"))
+    assert result.code == 0, result.stderr
+    ids = bserver.batches.submitted_ids
+    assert len(ids) == 6 + 2 and len(set(ids)) == 6  # the 2 failed lines, and only they, again
+    assert query(db, "SELECT count(DISTINCT prompt_id) FROM samples")[0][0] == 6
+
+    expired = tmp_path / "expired.duckdb"
+    before = len(bserver.batches.submitted_ids)
+    bserver.batches.expire_next(run_lines=2)
+    result = cli(*sample_args(expired, bserver, source, "--batch", "--seed", "1", "--temperature", "0.5"))
+    assert result.code == 0, result.stderr
+    assert len(bserver.batches.submitted_ids) - before == 6 + 4  # 4 never ran before the expiry
+    statuses = sorted(r[0] for r in query(expired, "SELECT status FROM batch_jobs"))
+    assert statuses == ["completed", "expired"]
+
+
+def test_killed_mid_batch_resumes_without_resubmitting(tmp_path: Path, bserver: FakeOpenAIServer) -> None:
+    count = 8
+    source = prompts(tmp_path, count)
+    db = tmp_path / "cai.duckdb"
+    args = [str(a) for a in sample_args(db, bserver, source, "--batch")]
+    env = {**os.environ, POLL_ENV: "0.02"}
+    bserver.batches.hold()  # the batch stays in progress: the run is waiting on it when killed
+    child = subprocess.Popen(
+        [sys.executable, "-m", "charter", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while bserver.batches.lines_submitted < count:
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the batch was never submitted"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        if child.stderr:
+            child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    bserver.batches.release()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "charter", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    ids = bserver.batches.submitted_ids
+    assert len(ids) == count and len(set(ids)) == count  # every request submitted exactly once
+    assert bserver.request_count == 0
+    assert query(db, "SELECT count(DISTINCT prompt_id) FROM samples")[0][0] == count
+    assert "(resumed)" in resumed.stderr
+
+
+def test_batch_with_a_provider_without_a_batch_api_is_bad_input(
+    tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    db = tmp_path / "cai.duckdb"
+    source = prompts(tmp_path, 1)
+    model = ["--model", "anthropic/claude-x", "--param", "api_key=sk-test"]
+    result = cli("sample", "--db", db, *model, "--prompts", source, "--batch")
+    assert result.code == 2
+    assert result.error_lines() == [result.error_lines()[0]] and "--batch" in result.error_lines()[0]
+    assert not db.exists()
