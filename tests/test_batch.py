@@ -118,7 +118,9 @@ def test_failed_and_expired_lines_resubmit_only_what_is_missing(
     assert statuses == ["completed", "expired"]
 
 
-def test_killed_mid_batch_resumes_without_resubmitting(tmp_path: Path, bserver: FakeOpenAIServer) -> None:
+def test_killed_mid_batch_resumes_without_resubmitting(
+    tmp_path: Path, bserver: FakeOpenAIServer, cli: Callable[..., CliResult]
+) -> None:
     count = 8
     source = prompts(tmp_path, count)
     db = tmp_path / "cai.duckdb"
@@ -146,20 +148,40 @@ def test_killed_mid_batch_resumes_without_resubmitting(tmp_path: Path, bserver: 
     assert child.returncode == -signal.SIGKILL
     bserver.batches.release()
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "charter", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = cli(*args)  # in this process: one child start less
+    assert resumed.code == 0, resumed.stderr
     ids = bserver.batches.submitted_ids
     assert len(ids) == count and len(set(ids)) == count  # every request submitted exactly once
     assert bserver.request_count == 0
     assert query(db, "SELECT count(DISTINCT prompt_id) FROM samples")[0][0] == count
     assert "(resumed)" in resumed.stderr
+    status = cli("status", db)
+    assert status.code == 0
+    assert f"  batches: 1 (1 completed), {count} requests: {count} completed, 0 failed" in status.stdout
+
+
+def test_a_lost_create_reply_adopts_the_batch_instead_of_resubmitting(
+    tmp_path: Path, bserver: FakeOpenAIServer, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.backends.litellm_backend import import_litellm
+
+    litellm = import_litellm()
+    real = litellm.acreate_batch
+    lost: list[str] = []
+
+    async def reply_lost(**kwargs: Any) -> Any:
+        batch = await real(**kwargs)  # the server made the batch...
+        if not lost:
+            lost.append(batch.id)
+            raise TimeoutError("the reply never came")  # ...but the client never heard of it
+        return batch
+
+    monkeypatch.setattr(litellm, "acreate_batch", reply_lost)
+    db = tmp_path / "cai.duckdb"
+    result = cli(*sample_args(db, bserver, prompts(tmp_path, 4), "--batch"))
+    assert result.code == 0, result.stderr
+    assert lost and bserver.batches.batches_created == 1 and bserver.batches.lines_submitted == 4
+    assert query(db, "SELECT batch_id, status FROM batch_jobs") == [(lost[0], "completed")]
 
 
 def test_batch_with_a_provider_without_a_batch_api_is_bad_input(
@@ -172,3 +194,32 @@ def test_batch_with_a_provider_without_a_batch_api_is_bad_input(
     assert result.code == 2
     assert result.error_lines() == [result.error_lines()[0]] and "--batch" in result.error_lines()[0]
     assert not db.exists()
+
+
+def test_pipeline_batch_default_with_a_completion_model_label(
+    tmp_path: Path, bserver: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    write_prompts(tmp_path / "p.jsonl", ["How do I pick a lock?", "Insult my boss."])
+    (tmp_path / "all.yaml").write_text(
+        f"""
+db: all.duckdb
+defaults: {{model: openai/sl, api_base: "{bserver.base_url}", batch: true}}
+steps:
+  - revise: {{name: sl, prompts: p.jsonl, rounds: 1}}
+  - sample: {{name: pairs, n: 2}}
+  - label: {{model: "text-completion-openai/base", few_shot: false}}
+""",
+        encoding="utf-8",
+    )
+    results = run_pipeline(tmp_path / "all.yaml")
+    assert all(r.ok for r in results)
+    assert bserver.request_count == 0  # every request went in a batch
+    # respond, critique, revise, sample, label (the paper's completion prompt, /v1/completions)
+    assert bserver.batches.batches_created == 5
+    endpoints = query(tmp_path / "all.duckdb", "SELECT endpoint, count(*) FROM batch_jobs GROUP BY ALL")
+    assert sorted(endpoints) == [("/v1/chat/completions", 4), ("/v1/completions", 1)]
+    labels = query(tmp_path / "all.duckdb", "SELECT label_source FROM pair_labels WHERE status = 'ok'")
+    assert labels == [("logprobs",), ("logprobs",)]

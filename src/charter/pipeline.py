@@ -66,6 +66,7 @@ class CallOptions(_Strict):
     concurrency: int | None = Field(default=None, ge=1)
     max_retries: int | None = Field(default=None, ge=0)
     rpm: float | None = Field(default=None, gt=0)
+    batch: bool | None = None  # through the provider's batch API, like --batch
     seed: int | None = None
     prompts_dir: str | None = None
 
@@ -361,6 +362,7 @@ def _call_kwargs(defaults: Defaults, step: CallOptions, base: Path, where: str) 
             concurrency=pick("concurrency") or 16,
             max_retries=6 if pick("max_retries") is None else pick("max_retries"),
             requests_per_minute=pick("rpm"),
+            batch=bool(pick("batch")),
         ),
         "seed": pick("seed") or 0,
         "prompts_dir": _resolve_input(base, pick("prompts_dir")),

@@ -44,7 +44,9 @@ __all__ = [
     "POLL_ENV",
     "BatchBackend",
     "BatchUnsupported",
+    "batch_line",
     "batch_options",
+    "batch_status",
     "check_batch",
 ]
 
@@ -279,14 +281,21 @@ class BatchBackend:
             file=(f"charter-{submission}.jsonl", data, "application/jsonl"), purpose="batch", **self._auth
         )
         self._update(submission, input_file_id=str(uploaded.id))
-        batch = await litellm.acreate_batch(
-            completion_window="24h",
-            endpoint=url,
-            input_file_id=str(uploaded.id),
-            metadata={"charter_submission": submission, "charter_run": self.run_id},
-            **self._auth,
-        )
-        self._update(submission, batch_id=str(batch.id), status=str(batch.status))
+        try:
+            batch = await litellm.acreate_batch(
+                completion_window="24h",
+                endpoint=url,
+                input_file_id=str(uploaded.id),
+                metadata={"charter_submission": submission, "charter_run": self.run_id},
+                **self._auth,
+            )
+        except Exception:
+            # The reply can be lost after the batch was made (a timeout, a dropped connection): look
+            # for it by its metadata before failing, or the runner's retry would submit it all twice.
+            if submission not in await self._find_lost([submission]):
+                raise
+        else:
+            self._update(submission, batch_id=str(batch.id), status=str(batch.status))
         self.submitted += len(part)
         return submission
 
@@ -426,6 +435,33 @@ class BatchBackend:
         close = getattr(self.inner, "aclose", None)
         if close is not None:
             await close()
+
+
+def batch_status(con: Any, run_id: str) -> dict[str, Any] | None:
+    """A run's batches for `charter status`: how many in each state, and their request counts."""
+    rows = con.execute(
+        "SELECT status, count(*), sum(requests), sum(coalesce(completed, 0)), sum(coalesce(failed, 0)) "
+        "FROM batch_jobs WHERE run_id = ? GROUP BY status ORDER BY status",
+        [run_id],
+    ).fetchall()
+    if not rows:
+        return None
+    return {
+        "by_status": {str(r[0]): int(r[1]) for r in rows},
+        "requests": sum(int(r[2] or 0) for r in rows),
+        "completed": sum(int(r[3] or 0) for r in rows),
+        "failed": sum(int(r[4] or 0) for r in rows),
+    }
+
+
+def batch_line(info: dict[str, Any]) -> str:
+    """`  batches: 3 (2 completed, 1 in_progress), 150 requests: 100 completed, 2 failed`."""
+    states = ", ".join(f"{n} {status}" for status, n in info["by_status"].items())
+    total = sum(info["by_status"].values())
+    return (
+        f"  batches: {total} ({states}), {info['requests']} requests: "
+        f"{info['completed']} completed, {info['failed']} failed"
+    )
 
 
 def _fail(waiting: _Waiting, error: BackendError) -> None:
