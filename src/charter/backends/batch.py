@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -180,7 +181,10 @@ class BatchBackend:
         self._wake.set()
         if self._collector is None or self._collector.done():
             self._collector = asyncio.ensure_future(self._collect())
-        return await future
+        started = time.perf_counter()
+        completion = await future
+        # The request's own time is its wait for the batch (one line may answer several requests).
+        return completion.model_copy(update={"latency_ms": (time.perf_counter() - started) * 1000})
 
     async def _collect(self) -> None:
         assert self._wake is not None
