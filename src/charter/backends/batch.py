@@ -279,7 +279,10 @@ class BatchBackend:
                 }
             ],
         )
-        self.store.add_rows("batch_requests", [{"submission_id": submission, "custom_id": k} for k in part])
+        self.store.add_rows(
+            "batch_requests",
+            [{"submission_id": submission, "run_id": self.run_id, "custom_id": k} for k in part],
+        )
         self.store.flush()
         uploaded = await litellm.acreate_file(
             file=(f"charter-{submission}.jsonl", data, "application/jsonl"), purpose="batch", **self._auth

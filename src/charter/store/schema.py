@@ -226,6 +226,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE batch_requests (
         submission_id VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
         custom_id VARCHAR NOT NULL,
         PRIMARY KEY (submission_id, custom_id)
     );
