@@ -223,3 +223,58 @@ steps:
     assert sorted(endpoints) == [("/v1/chat/completions", 4), ("/v1/completions", 1)]
     labels = query(tmp_path / "all.duckdb", "SELECT label_source FROM pair_labels WHERE status = 'ok'")
     assert labels == [("logprobs",), ("logprobs",)]
+
+
+def test_the_fake_batch_api_as_the_openai_client_sees_it(bserver: FakeOpenAIServer) -> None:
+    import json
+
+    import openai
+
+    client = openai.OpenAI(base_url=bserver.base_url, api_key="sk-test", max_retries=0)
+
+    def line(i: int, custom_id: str | None = None) -> str:
+        body = {"model": "test", "messages": [{"role": "user", "content": f"q{i}"}], "logprobs": True}
+        return json.dumps(
+            {"custom_id": custom_id or f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        )
+
+    def submit(lines: list[str]) -> Any:
+        uploaded = client.files.create(file=("in.jsonl", "\n".join(lines).encode()), purpose="batch")
+        return client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+    batch = submit([line(i) for i in range(3)])
+    seen = [batch.status]
+    while seen[-1] not in ("completed", "failed", "expired"):
+        seen.append(client.batches.retrieve(batch.id).status)
+    assert seen == ["validating", "in_progress", "finalizing", "completed"]
+    done = client.batches.retrieve(batch.id)
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["c0", "c1", "c2"] and done.error_file_id is None
+    assert all(o["response"]["body"]["choices"][0]["logprobs"]["content"] for o in out)
+
+    bserver.batches.fail_lines(1, status=429)
+    bserver.batches.hold()
+    batch = submit([line(i) for i in range(2)])
+    assert [client.batches.retrieve(batch.id).status for _ in range(3)] == ["in_progress"] * 3  # held
+    bserver.batches.release()
+    while (done := client.batches.retrieve(batch.id)).status != "completed":
+        pass
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert errors[0]["custom_id"] == "c0" and errors[0]["response"]["status_code"] == 429
+
+    bserver.batches.expire_next(run_lines=1)
+    batch = submit([line(i) for i in range(3)])
+    while (done := client.batches.retrieve(batch.id)).status not in ("expired", "completed"):
+        pass
+    assert done.status == "expired" and (done.request_counts.completed, done.request_counts.failed) == (1, 2)
+    codes = [
+        json.loads(x)["error"]["code"] for x in client.files.content(done.error_file_id).text.splitlines()
+    ]
+    assert codes == ["batch_expired", "batch_expired"]
+
+    invalid = submit([line(0), line(1, custom_id="c0")])  # duplicate custom_id: fails validation
+    assert invalid.status == "failed" and "duplicate" in invalid.errors.data[0].message
+    assert bserver.batches.lines_submitted == 3 + 2 + 3  # the invalid batch's lines never count
