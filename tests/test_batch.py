@@ -184,6 +184,28 @@ def test_a_lost_create_reply_adopts_the_batch_instead_of_resubmitting(
     assert query(db, "SELECT batch_id, status FROM batch_jobs") == [(lost[0], "completed")]
 
 
+def test_an_unreachable_provider_while_waiting_looks_again_without_resubmitting(
+    tmp_path: Path, bserver: FakeOpenAIServer, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.backends.litellm_backend import import_litellm
+
+    litellm = import_litellm()
+    real = litellm.aretrieve_batch
+    refused: list[str] = []
+
+    async def flaky(**kwargs: Any) -> Any:
+        if len(refused) < 2:  # more than the batch backend's own retries of a look (--max-retries 1)
+            refused.append(kwargs["batch_id"])
+            raise ConnectionError("connection refused")
+        return await real(**kwargs)
+
+    monkeypatch.setattr(litellm, "aretrieve_batch", flaky)
+    db = tmp_path / "cai.duckdb"
+    result = cli(*sample_args(db, bserver, prompts(tmp_path, 3), "--batch", "--max-retries", "1"))
+    assert result.code == 0, result.stderr
+    assert len(refused) == 2 and bserver.batches.batches_created == 1 and bserver.batches.lines_submitted == 3
+
+
 def test_batch_with_a_provider_without_a_batch_api_is_bad_input(
     tmp_path: Path, cli: Callable[..., CliResult]
 ) -> None:

@@ -30,7 +30,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
@@ -211,18 +211,25 @@ class BatchBackend:
             by_submission: dict[str, dict[str, _Waiting]] = {}
             fresh: dict[str, _Waiting] = {}
             for key, waiting in taken.items():
-                submission = known.pop(key, None)
+                submission = known.get(key)  # dropped once its line's outcome is read
                 if submission is not None:
                     by_submission.setdefault(submission, {})[key] = waiting
                 else:
                     fresh[key] = waiting
-            jobs = [self._answer(s, group) for s, group in by_submission.items()]
-            jobs.extend(self._submit_and_answer(chunk) for chunk in self._chunks(fresh))
-            await asyncio.gather(*jobs)
         except Exception as exc:
-            error = classify_error(exc, endpoint=self.api_base)
-            for waiting in taken.values():
-                _fail(waiting, error)  # each request fails like an online call: the runner retries
+            _fail_all(taken, exc, self.api_base)
+            return
+        jobs = [self._guarded(self._answer(s, group), group) for s, group in by_submission.items()]
+        jobs.extend(self._submit_and_answer(chunk) for chunk in self._chunks(fresh))
+        await asyncio.gather(*jobs)
+
+    async def _guarded(self, job: Awaitable[None], part: dict[str, _Waiting]) -> None:
+        """Run `job`; when it fails, so does each request of `part` (and only those), like an
+        online call that failed: the runner retries them, into a new batch."""
+        try:
+            await job
+        except Exception as exc:
+            _fail_all(part, exc, self.api_base)
 
     def _chunks(self, fresh: dict[str, _Waiting]) -> Iterator[dict[str, _Waiting]]:
         chunk: dict[str, _Waiting] = {}
@@ -254,11 +261,15 @@ class BatchBackend:
         return json.dumps(line, ensure_ascii=False)
 
     async def _submit_and_answer(self, chunk: dict[str, _Waiting]) -> None:
-        # A batch serves one endpoint: chat and completion requests go in separate batches.
-        for url in sorted({self._url(w.request) for w in chunk.values()}):
-            part = {k: w for k, w in chunk.items() if self._url(w.request) == url}
-            submission = await self._submit(url, part)
-            await self._answer(submission, part)
+        # A batch serves one endpoint: chat and completion requests go in separate batches, at once.
+        parts: dict[str, dict[str, _Waiting]] = {}
+        for key, waiting in chunk.items():
+            parts.setdefault(self._url(waiting.request), {})[key] = waiting
+
+        async def one(url: str, part: dict[str, _Waiting]) -> None:
+            await self._answer(await self._submit(url, part), part)
+
+        await asyncio.gather(*(self._guarded(one(url, part), part) for url, part in sorted(parts.items())))
 
     async def _submit(self, url: str, part: dict[str, _Waiting]) -> str:
         """Record, upload and create one batch; returns its submission id."""
@@ -304,6 +315,8 @@ class BatchBackend:
         else:
             self._update(submission, batch_id=str(batch.id), status=str(batch.status))
         self.submitted += len(part)
+        known = await self._known_requests()
+        known.update(dict.fromkeys(part, submission))
         return submission
 
     def _update(self, submission: str, **values: Any) -> None:
@@ -352,10 +365,14 @@ class BatchBackend:
     # -- waiting and reading -----------------------------------------------------------------
     async def _answer(self, submission: str, part: dict[str, _Waiting]) -> None:
         task = self._results.get(submission)
-        if task is None:
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # A look that failed (the provider unreachable) is tried again on the retry: the batch
+            # may still be running, and resubmitting its requests would pay for them twice.
             task = self._results[submission] = asyncio.ensure_future(self._outcomes(submission))
         outcomes = await asyncio.shield(task)
+        known = await self._known_requests()
         for key, waiting in part.items():
+            known.pop(key, None)
             status, body, message = outcomes.get(key, (None, None, "the batch did not run this request"))
             if status == 200 and body is not None:
                 try:
@@ -469,6 +486,12 @@ def batch_line(info: dict[str, Any]) -> str:
         f"  batches: {total} ({states}), {info['requests']} requests: "
         f"{info['completed']} completed, {info['failed']} failed"
     )
+
+
+def _fail_all(part: dict[str, _Waiting], exc: Exception, endpoint: str) -> None:
+    error = classify_error(exc, endpoint=endpoint)
+    for waiting in part.values():
+        _fail(waiting, error)
 
 
 def _fail(waiting: _Waiting, error: BackendError) -> None:
