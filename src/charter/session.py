@@ -162,7 +162,9 @@ def run_chain(
         if options.batch:
             from charter.backends.batch import BatchBackend, batch_options
 
-            backend = BatchBackend(backend, store, run_id, model=model, api_base=api_base, params=params)
+            backend = BatchBackend(
+                backend, store, run_id, model=model, api_base=api_base, params=params, options=options
+            )
             options = batch_options(options)
         started = time.perf_counter()
         status = "failed"

@@ -91,6 +91,7 @@ def check_batch(
         raise BatchUnsupported(
             "--batch sends every request to one endpoint: give one --api-base, no --router"
         )
+    poll_seconds()  # a bad CHARTER_BATCH_POLL_SECONDS is bad input too
 
 
 def batch_options(options: RunnerOptions) -> RunnerOptions:
@@ -159,7 +160,6 @@ class BatchBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._known: dict[str, str] | None = None  # cache key -> submission that carries it
         self._results: dict[str, asyncio.Task[dict[str, _Outcome]]] = {}
-        self._recovered = False
         #: Requests this process submitted in batches (a resumed run counts only its own).
         self.submitted = 0
 
