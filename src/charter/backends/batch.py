@@ -77,9 +77,9 @@ def check_batch(
     params: dict[str, Any] | None,
     options: RunnerOptions | None = None,
 ) -> None:
-    """With `options.batch` (or no options), raise `BatchUnsupported` unless `model` can go through
-    an OpenAI-compatible batch API. Called before anything is written: bad input exits 2."""
-    if options is not None and not options.batch:
+    """With `options.batch`, raise `BatchUnsupported` unless `model` can go through an
+    OpenAI-compatible batch API. Called before anything is written: bad input exits 2."""
+    if options is None or not options.batch:
         return
     if fast_prefix(model) is None:
         raise BatchUnsupported(
@@ -132,7 +132,7 @@ class BatchBackend:
         params: dict[str, Any] | None = None,
         options: RunnerOptions | None = None,
     ) -> None:
-        check_batch(model, api_base, params)
+        check_batch(model, api_base, params, RunnerOptions(batch=True))
         self.inner = inner  # requests the labeler scores itself go there; also the cache endpoint
         self.name = inner.name
         self.can_score = bool(getattr(inner, "can_score", False))
