@@ -35,7 +35,6 @@ from typing import Any
 
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
 from charter.backends.litellm_backend import RETRYABLE_STATUS, classify_error, import_litellm
-from charter.backends.openai_fast import OpenAIFastBackend, fast_prefix, resolve_api_base
 from charter.backends.params import split_params
 from charter.runner import RunnerOptions, backend_endpoint, cache_key
 from charter.store.store import Store
@@ -81,6 +80,9 @@ def check_batch(
     OpenAI-compatible batch API. Called before anything is written: bad input exits 2."""
     if options is None or not options.batch:
         return
+    # Imported here: session imports this module, and `charter --help` should not pay for these.
+    from charter.backends.openai_fast import fast_prefix
+
     if fast_prefix(model) is None:
         raise BatchUnsupported(
             f"--batch: {model!r} has no batch API charter can use; give an OpenAI-compatible model "
@@ -132,6 +134,8 @@ class BatchBackend:
         params: dict[str, Any] | None = None,
         options: RunnerOptions | None = None,
     ) -> None:
+        from charter.backends.openai_fast import OpenAIFastBackend, resolve_api_base
+
         check_batch(model, api_base, params, RunnerOptions(batch=True))
         self.inner = inner  # requests the labeler scores itself go there; also the cache endpoint
         self.name = inner.name
