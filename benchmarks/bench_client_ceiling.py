@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_client_ceiling.py [--calls 1500] [--latency-ms 50]
         [--concurrency 16,64,256] [--distilabel-python PATH] [--src DIR] [--clients ...]
 
-One fake OpenAI-compatible server (charter.testing.fake_openai, its own process, every answer after
+One fake OpenAI-compatible server (charter_testing.fake_openai, its own process, every answer after
 --latency-ms) serves every client. Each client is a fresh process, and the clock runs from its
 start to its exit, imports and all, as a user's command would:
 

@@ -154,6 +154,11 @@ class CallConfig(BaseModel):
     concurrency: int = option(16, "Backend requests in flight at once.", metavar="N", ge=1)
     max_retries: int = option(6, "Retries per call on 429/5xx/timeouts.", metavar="N", ge=0)
     rpm: float | None = option(None, "Requests-per-minute limit (off by default).", metavar="RPM", ge=0.001)
+    batch: bool = option(
+        False,
+        "Through the provider's batch API (about half the price, answers within 24h); "
+        "the same command resumes a killed run without resubmitting.",
+    )
     seed: int = option(0, "Seed for the principle draws, pair choice and few-shot order.")
     prompts_dir: PathText | None = option(
         None, "Directory with .jinja templates overriding built-ins by name.", metavar="DIR"
@@ -171,6 +176,7 @@ class CallConfig(BaseModel):
         "concurrency",
         "max_retries",
         "rpm",
+        "batch",
         "seed",
         "prompts_dir",
     )
@@ -195,7 +201,10 @@ class CallConfig(BaseModel):
         from charter.runner import RunnerOptions
 
         return RunnerOptions(
-            concurrency=self.concurrency, max_retries=self.max_retries, requests_per_minute=self.rpm
+            concurrency=self.concurrency,
+            max_retries=self.max_retries,
+            requests_per_minute=self.rpm,
+            batch=self.batch,
         )
 
     def settings(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charter.backends.base import Backend
+from charter.backends.batch import check_batch
 from charter.backends.preflight import check_model
 from charter.backends.registry import get_backend
 from charter.backends.scoring import ScoringBackend
@@ -179,6 +180,7 @@ def run_sample(
     check_templates(chain, config.mode, config.prompts_dir)
     if backend is None:
         check_model(config.model, api_base=config.api_base, params=config.backend_params())
+    check_batch(config.model, config.api_base, config.backend_params(), options or config.runner_options())
     prompts, from_run, limit = config.prompts, config.from_run, config.limit
     with ExitStack() as stack:
         source: PromptSource | None = None
@@ -334,6 +336,7 @@ def run_label(
     params = config.backend_params()
     if backend is None:
         check_model(config.model, api_base=config.api_base, params=params)
+    check_batch(config.model, config.api_base, params, options or config.runner_options())
     inner = backend or get_backend(config.model, api_base=config.api_base, params=params)
     wrapped = inner if isinstance(inner, ScoringBackend) else ScoringBackend(inner)
     chosen_mode = config.mode or default_label_mode(config.model, wrapped)

@@ -16,3 +16,5 @@ class RunnerOptions:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 120.0
+    # Through the provider's batch API (`--batch`, charter.backends.batch) instead of one call each.
+    batch: bool = False

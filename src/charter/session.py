@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from charter.backends.base import Backend
+from charter.backends.batch import check_batch
 from charter.backends.registry import get_backend
 from charter.prompts import load_prompt
 from charter.runner import CallFailed, CallResult, Runner, RunnerOptions, bounded_map
@@ -163,6 +164,8 @@ def run_chain(job: Job[S], call: CallSettings, db: str | Path | Store) -> RunSum
 
     request_params, _ = split_params(call.params)
     check_templates(job.chain, call.mode, call.prompts_dir)
+    # Before the database is touched: bad input, exit 2.
+    check_batch(call.model, call.api_base, call.params, call.options)
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_id, resumed = store.start_run(
@@ -178,6 +181,19 @@ def run_chain(job: Job[S], call: CallSettings, db: str | Path | Store) -> RunSum
             run_id=run_id, run_name=job.run_name, resumed=resumed, total=job.total, skipped=len(done)
         )
         backend = call.backend or get_backend(call.model, api_base=call.api_base, params=call.params)
+        if call.options.batch:
+            from charter.backends.batch import BatchBackend, batch_options
+
+            backend = BatchBackend(
+                backend,
+                store,
+                run_id,
+                model=call.model,
+                api_base=call.api_base,
+                params=call.params,
+                options=call.options,
+            )
+            call = replace(call, options=batch_options(call.options))
         started = time.perf_counter()
         status = "failed"
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.backends.base import Backend
+from charter.backends.batch import check_batch
 from charter.backends.preflight import check_model
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
@@ -122,6 +123,7 @@ def run_revise(
     scan = scan_prompts(source, config.limit, owned)  # validate everything before writing anything
     if backend is None:
         check_model(config.model, api_base=config.api_base, params=config.backend_params())
+    check_batch(config.model, config.api_base, config.backend_params(), options or config.runner_options())
     const = constitution if constitution is not None else config.constitution
     constitution_obj = const if isinstance(const, Constitution) else load_constitution(const)
     chain: Chain[RevisedExample] = Respond(

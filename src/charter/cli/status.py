@@ -57,6 +57,10 @@ def run_status(db: Path) -> list[dict[str, Any]]:
             step_cols = [d[0] for d in step_cur.description or []]
             steps = [dict(zip(step_cols, row, strict=True)) for row in step_cur.fetchall()]
             out.append(_summarise(run, done, steps))
+            if "batch_jobs" in tables:
+                from charter.backends.batch import batch_status
+
+                out[-1]["batches"] = batch_status(con, run["run_id"])
         return out
     finally:
         con.close()
@@ -130,6 +134,10 @@ def format_status(runs: list[dict[str, Any]]) -> list[str]:
                 f"tokens {int(step['prompt_tokens'] or 0)} in / {int(step['completion_tokens'] or 0)} out, "
                 f"cost {_money(step['cost_usd'])}"
             )
+        if run.get("batches"):
+            from charter.backends.batch import batch_line
+
+            lines.append(batch_line(run["batches"]))
     return lines
 
 

@@ -204,4 +204,31 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN done_table VARCHAR;
     ALTER TABLE runs ADD COLUMN done_column VARCHAR;
     """,
+    # 6: provider batch APIs (`--batch`): each submission of a run (its batch id, files and status
+    # as last seen) and the requests it carries, by custom_id (the request cache key). Written
+    # before the upload, so a run killed while a batch is out waits on it instead of resubmitting.
+    """
+    CREATE TABLE batch_jobs (
+        submission_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,
+        batch_id VARCHAR,
+        endpoint VARCHAR NOT NULL,
+        api_base VARCHAR,
+        input_file_id VARCHAR,
+        output_file_id VARCHAR,
+        error_file_id VARCHAR,
+        status VARCHAR NOT NULL,
+        requests BIGINT NOT NULL,
+        completed BIGINT,
+        failed BIGINT,
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        updated_at TIMESTAMP
+    );
+    CREATE TABLE batch_requests (
+        submission_id VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        custom_id VARCHAR NOT NULL,
+        PRIMARY KEY (submission_id, custom_id)
+    );
+    """,
 ]

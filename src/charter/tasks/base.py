@@ -10,7 +10,7 @@ from typing import Any
 from charter.config import TaskConfig
 
 # The call options every command lists last, in this order (`--param` ... `--prompts-dir`).
-CALL_OPTIONS = ("params", "concurrency", "max_retries", "rpm", "prompts_dir")
+CALL_OPTIONS = ("params", "concurrency", "max_retries", "rpm", "batch", "prompts_dir")
 
 # Keyword arguments of the Python API that are not options: they exist only while a run runs.
 RUNTIME = ("backend", "progress", "options")

@@ -321,6 +321,10 @@ class FakeOpenAIServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.ServerRunner | None = None
+        from charter_testing.fake_batch import FakeBatchAPI
+
+        #: The batch API (``/v1/files``, ``/v1/batches``) and its test controls.
+        self.batches = FakeBatchAPI(self)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> FakeOpenAIServer:
@@ -485,6 +489,8 @@ class FakeOpenAIServer:
                     "data": [{"id": "test", "object": "model", "created": 0, "owned_by": "charter"}],
                 }
             )
+        if path.startswith(("/files", "/batches")):
+            return await self.batches.handle(request, path)
         if path not in ("/chat/completions", "/completions"):
             return _error_response(
                 404, f"no route for {request.method} {request.path}", "invalid_request_error"
