@@ -39,7 +39,6 @@ def _charter(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 def killed_and_resumed(items: int, keep_records: bool, work: Path) -> dict[str, int]:
     """Submit, kill -9 while the batch is in progress, resume; what the server saw."""
     import duckdb
-
     from charter_testing.fake_openai import FakeOpenAIServer
 
     prompts = work / f"prompts-{keep_records}.jsonl"

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer
 from charter_testkit import CHAT_MODEL, REPO, CliResult, query, revise_args, write_prompts
 
 from charter.backends.batch import POLL_ENV
-from charter_testing.fake_openai import FakeOpenAIServer
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from charter_testing.fake_openai import FakeOpenAIServer
 from charter_testkit import REPO, query, subprocess_env, write_prompts
 
 from charter.backends import pricing
-from charter_testing.fake_openai import FakeOpenAIServer
 
 # Runs the CLI as `python -m charter` would, then reports which heavy modules it imported.
 PROBE = """
