@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import duckdb
 import pytest
+
+from charter.plugins import plugin_manager, unregister_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -29,16 +34,27 @@ def test_readme_python_examples_run(
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks()
     assert len(blocks) >= 4
-    namespace: dict[str, object] = {"__name__": "readme"}
-    for number, block in enumerate(blocks, start=1):
-        try:
-            exec(compile(block, f"README.md python block {number}", "exec"), namespace)
-        except Exception as exc:  # pragma: no cover - the message is the point
-            raise AssertionError(f"README python block {number} failed: {exc!r}\n{block}") from exc
+    # A real module, as a script has one: @dataclass looks its class's module up in sys.modules.
+    module = types.ModuleType("readme")
+    monkeypatch.setitem(sys.modules, "readme", module)
+    namespace = module.__dict__
+    before = set(plugin_manager().get_plugins())
+    try:
+        for number, block in enumerate(blocks, start=1):
+            try:
+                exec(compile(block, f"README.md python block {number}", "exec"), namespace)
+            except Exception as exc:  # pragma: no cover - the message is the point
+                raise AssertionError(f"README python block {number} failed: {exc!r}\n{block}") from exc
+    finally:  # the README's plugins are for this test only
+        for plugin in set(plugin_manager().get_plugins()) - before:
+            unregister_plugin(plugin)
     out = capsys.readouterr().out
     # The tour's claims hold: prompts were revised, pairs labeled, and the plugin backend answered.
     assert "prompts revised;" in out
     assert "prompts revised by the plugin" in out
+    assert re.search(r"\b([1-9]\d*) pairs labeled by letter; \1 rows in OpenAI's format", out), out
+    (first, *_) = [json.loads(line) for line in Path("openai.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert first["preferred_output"][0]["role"] == "assistant" and first["input"]["messages"]
     con = duckdb.connect("cai.duckdb", read_only=True)
     try:
         assert con.execute("select count(*) from sft_examples").fetchone()[0] > 0  # type: ignore[index]

@@ -13,69 +13,19 @@ that cannot be read is retried with a new `sample_index` and, if it still cannot
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from charter.backends.scoring import SCORE_OPTIONS
-from charter.constitution import Constitution, Principle, load_constitution
+from charter.constitution import Constitution, load_constitution
 from charter.labels import DEFAULT_MIN_OPTION_MASS, Reading, clamp, parse_answer, read_answer, read_scores
 from charter.prompts import RenderedPrompt
 from charter.records import messages_to_dicts
 from charter.runner import CallFailed, CallResult
 from charter.steps.base import Step, StepContext
+from charter.steps.label.query import _SOURCE_RANK, LabelRead, Query, _Answer, _Try
 from charter.steps.label.records import FeedbackQuery, PairItem
 from charter.steps.sample_pairs import Draw, NSampler, fallback_ok
-
-# Weakest evidence wins when a label combines several answers.
-_SOURCE_RANK: dict[str, int] = {"scores": 0, "logprobs": 1, "vote": 2, "parsed": 3}
-
-
-@dataclass
-class _Answer:
-    """What one (member, order) query concluded."""
-
-    ok: bool
-    probs: list[float] = field(default_factory=list)  # P(A) as presented: one, or one per CoT sample
-    source: str | None = None
-    reasoning: str | None = None
-    queries: list[FeedbackQuery] = field(default_factory=list)
-
-
-@dataclass
-class LabelRead:
-    """One answer call read (`Labeler.read`): P(A) as presented, where it came from (`scores`,
-    `logprobs`, `parsed`), the letter, and the log-probability evidence (`charter.labels.Reading`:
-    position, token, option mass)."""
-
-    result: CallResult
-    prob_a: float | None = None
-    source: str | None = None
-    answer: str | None = None
-    evidence: Reading | None = None
-
-
-@dataclass(frozen=True)
-class Query:
-    """One question about a pair (`Labeler.render` renders it): its ensemble member, principle,
-    option order (`swapped`: response_b is shown as option A), few-shot examples and attempt number."""
-
-    item: PairItem
-    member: int
-    principle: Principle
-    swapped: bool
-    few_shot: Any
-    attempt: int = 0
-
-
-@dataclass
-class _Try:
-    """One attempt at a (member, order) query: what it read (P(A) as presented) and its record."""
-
-    prob_a: float | None
-    source: str | None
-    query: FeedbackQuery
-    reasoning: str | None = None
-    rendered: RenderedPrompt | None = None  # the question asked (multiple choice: the votes reuse it)
 
 
 def _defaults(ctx: StepContext, values: dict[str, Any]) -> dict[str, Any]:
