@@ -57,3 +57,9 @@ def register_prompt_dirs() -> list[Path]:
 @hookspec
 def register_trainers(register: Callable[[str, Any], None]) -> None:
     """Register trainers by kind (`sft`, `reward`, `ppo`, `dpo`, ...)."""
+
+
+@hookspec
+def register_executors(register: Callable[[str, Any], None]) -> None:
+    """Register `--executor NAME` factories: `register("ray", factory)`, `factory() -> ShardExecutor`
+    (see `charter.shard`), which runs a command's shards and hands back each one's database."""

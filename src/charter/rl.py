@@ -32,6 +32,7 @@ from charter.labels import DEFAULT_MIN_OPTION_MASS
 from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import RunSummary, check_templates, run_chain
+from charter.shard import Shard, resolve_shard
 from charter.sl import _public, default_run_name
 from charter.steps.base import Chain
 from charter.steps.rl import (
@@ -175,12 +176,13 @@ def sample(
     mode: Literal["chat", "completion"] = "chat",
     limit: int | None = None,
     run_name: str | None = None,
-    api_base: str | None = None,
+    api_base: str | list[str] | None = None,
     params: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
     prompts_dir: str | None = None,
     backend: Backend | None = None,
     progress: bool = False,
+    shard: str | Shard | None = None,
 ) -> SampleSummary:
     """Sample `n` responses per prompt from `model` and store the pairs to label.
 
@@ -188,8 +190,12 @@ def sample(
     revise or sample run (`from_run`, its name or id). `n` uses the backend's `n` parameter unless
     `n_supported=False` (or `--param n_supported=false`); a backend that returns fewer choices than
     asked, or refuses `n`, is topped up with separate requests. `pairs` picks which pairs of the `n`
-    responses to store: "all", "adjacent" or a number drawn at random (seeded).
+    responses to store: "all", "adjacent" or a number drawn at random (seeded). `shard` ("i/n" or
+    "auto") keeps the prompts of one shard, as `charter.sl.revise` does; a list of `api_base`s (or
+    `params["router"]`) spreads the calls over several endpoints through LiteLLM's Router.
     """
+    shard_obj = resolve_shard(shard)
+    owned = shard_obj.owns if shard_obj is not None else None
     if (prompts is None) == (from_run is None):
         raise ValueError("give either prompts (a prompts file) or from_run (a run name), not both or neither")
     if mode not in ("chat", "completion"):
@@ -209,7 +215,7 @@ def sample(
         source_run_id: str | None = None
         if prompts is not None:
             source = PromptSource.open(prompts)
-            scan = scan_prompts(source, limit)  # validate everything before writing anything
+            scan = scan_prompts(source, limit, owned)  # validate everything before writing anything
             total, origin = scan.count, {"prompts": str(prompts), "prompts_hash": scan.content_hash}
         else:
             _require_db(db)
@@ -218,7 +224,9 @@ def sample(
         if from_run is not None:
             source_run_id = _resolve_run(store, from_run)
             records = _prompts_of_run(store, source_run_id, limit)
-            if not records:
+            if records and owned is not None:
+                records = [r for r in records if owned(r.prompt_id)]
+            elif not records:
                 raise StoreError(f"--from-run {from_run!r}: that run has no prompts")
             total, origin = len(records), {"from_run": from_run, "from_run_id": source_run_id}
         config = {
@@ -238,14 +246,17 @@ def sample(
         def items(done: set[str]) -> Iterator[SampleItem]:
             stream: Iterable[PromptRecord] = iter_prompts(source, limit) if source is not None else records
             for record in stream:
-                if record.prompt_id not in done:
+                if record.prompt_id not in done and (owned is None or owned(record.prompt_id)):
                     yield SampleItem(prompt=record, source_run_id=source_run_id)
 
+        name = run_name or default_run_name("sample", config)
+        if shard_obj is not None and shard_obj.count > 1:
+            config["shard"] = str(shard_obj)  # recorded, but not part of the name: the shards are one run
         summary = run_chain(
             chain,
             command="sample",
             config=config,
-            run_name=run_name or default_run_name("sample", config),
+            run_name=name,
             items=items,
             total=total,
             done_table="samples",
@@ -346,13 +357,14 @@ def label(
     seed: int = 0,
     limit: int | None = None,
     run_name: str | None = None,
-    api_base: str | None = None,
+    api_base: str | list[str] | None = None,
     params: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
     prompts_dir: str | None = None,
     backend: Backend | None = None,
     progress: bool = False,
     max_flagged: float = 0.5,
+    shard: str | Shard | None = None,
 ) -> LabelSummary:
     """Label every pair in `db` not yet labeled by this run (all sample runs, or those in `from_run`).
 
@@ -366,7 +378,10 @@ def label(
     `cot_samples=K` (method "cot"): K reasonings at temperature 1, each clamped, then averaged.
     When more than `max_flagged` (a fraction) of the run's pairs end flagged (no readable answer),
     the run is recorded with status 'flagged' instead of 'done' and the summary is not `ok`.
+    `shard` ("i/n" or "auto") labels only the pairs whose id hashes to that shard (after `limit`).
     """
+    shard_obj = resolve_shard(shard)
+    owned = shard_obj.owns if shard_obj is not None else None
     if not 0 <= max_flagged <= 1:
         raise ValueError(f"--max-flagged {max_flagged}: expected a fraction from 0 to 1")
     if method not in METHODS:
@@ -409,7 +424,11 @@ def label(
         sql, sql_params = _pairs_sql(run_ids)
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
+        if owned is None:
+            total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
+        else:
+            pair_ids = store.query(f"SELECT pair_id FROM ({sql})", sql_params)
+            total = sum(1 for (pair_id,) in pair_ids if owned(str(pair_id)))
         config = {
             "model": model,
             "api_base": redact(api_base),
@@ -429,10 +448,12 @@ def label(
             "chain": chain.describe(),
         }
         name = run_name or default_run_name("label", config)
+        if shard_obj is not None and shard_obj.count > 1:
+            config["shard"] = str(shard_obj)  # recorded, but not part of the name: the shards are one run
 
         def items(done: set[str]) -> Iterator[PairItem]:
             for row in store.iter_dicts(sql, sql_params):
-                if row["pair_id"] not in done:
+                if row["pair_id"] not in done and (owned is None or owned(str(row["pair_id"]))):
                     yield new_pair(row)
 
         summary = run_chain(

@@ -12,10 +12,10 @@ from charter.backends.params import redact
 from charter.backends.preflight import check_model
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
-from charter.merge import Shard
 from charter.records import RevisedExample, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import RunSummary, run_chain
+from charter.shard import Shard, resolve_shard
 from charter.steps.base import Chain
 from charter.steps.sl import CritiqueRevise, Respond, new_example
 from charter.store.store import Store
@@ -113,10 +113,11 @@ def revise(
     in completion mode (by default it is the plain answer to the conversation, as in the paper);
     `always_revise` asks for a revision every round even when a chat critique's verdict is "no change".
 
-    `shard="i/n"` keeps only the prompts whose id hashes to shard i of n (after `limit`); the run
-    name does not include the shard, so `charter merge` joins the shards' files into one run.
+    `shard="i/n"` (or `"auto"`: from the Slurm or Kubernetes environment, see `charter.shard`) keeps
+    only the prompts whose id hashes to shard i of n (after `limit`); the run name does not include
+    the shard, so `charter merge` joins the shards' files into one run.
     """
-    shard_obj = Shard.parse(shard)
+    shard_obj = resolve_shard(shard)
     owned = shard_obj.owns if shard_obj is not None else None
     source = PromptSource.open(prompts)
     scan = scan_prompts(source, limit, owned)  # validate everything before writing anything

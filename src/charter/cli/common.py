@@ -96,8 +96,24 @@ RouterOpt = typer.Option(
 ShardOpt = typer.Option(
     None,
     "--shard",
-    metavar="I/N",
-    help="i/n: only the prompts whose id hashes to shard i of n (merge with charter merge).",
+    metavar="I/N|auto",
+    help="i/n: only the items whose id hashes to shard i of n (merge with charter merge); auto: i and n "
+    "from a Slurm array (SLURM_ARRAY_TASK_*) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, "
+    "CHARTER_SHARD_COUNT).",
+)
+# Running all the shards from one command, on an executor a plugin registers (charter-ray: ray).
+ExecutorOpt = typer.Option(
+    None,
+    "--executor",
+    metavar="NAME",
+    help="Run every shard on this executor (ray: pip install charter-ray) and merge them into --db.",
+)
+ShardsOpt = typer.Option(
+    None,
+    "--shards",
+    min=1,
+    metavar="N",
+    help="With --executor: how many shards (default: the executor's CPUs).",
 )
 
 

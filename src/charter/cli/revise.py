@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from charter.cli import common
+from charter.cli import common, scale
 from charter.runner import RunnerOptions
 from charter.session import RunSummary
 
@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         api_base: list[str] | None = common.ApiBasesOpt,
         router: str | None = common.RouterOpt,
         shard: str | None = common.ShardOpt,
+        executor: str | None = common.ExecutorOpt,
+        shards: int | None = common.ShardsOpt,
         param: list[str] | None = common.ParamOpt,
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
@@ -75,9 +77,12 @@ def register(app: typer.Typer) -> None:
         if mode not in ("chat", "completion"):
             raise common.UsageError(f"--mode {mode!r}: expected chat or completion")
         chosen_mode: Literal["chat", "completion"] = "chat" if mode == "chat" else "completion"
-        summary = revise(
+        summary = scale.run_command(
+            revise,
             prompts,
             db=db,
+            executor=executor,
+            shards=shards,
             model=model,
             constitution=constitution,
             rounds=rounds,

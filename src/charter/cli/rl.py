@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from charter.cli import common
+from charter.cli import common, scale
 from charter.cli.revise import print_summary
 from charter.runner import RunnerOptions
 from charter.session import RunSummary
@@ -58,7 +58,11 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("chat", "--mode", help="chat | completion (Human/Assistant format)."),
         limit: int | None = LimitOpt,
         run_name: str | None = common.RunNameOpt,
-        api_base: str | None = common.ApiBaseOpt,
+        api_base: list[str] | None = common.ApiBasesOpt,
+        router: str | None = common.RouterOpt,
+        shard: str | None = common.ShardOpt,
+        executor: str | None = common.ExecutorOpt,
+        shards: int | None = common.ShardsOpt,
         param: list[str] | None = common.ParamOpt,
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
@@ -75,7 +79,8 @@ def register(app: typer.Typer) -> None:
 
         if (prompts is None) == (from_run is None):
             raise common.UsageError("give exactly one of --prompts PROMPTS or --from-run NAME")
-        summary = sample(
+        summary = scale.run_command(
+            sample,
             prompts,
             db=db,
             model=model,
@@ -88,8 +93,11 @@ def register(app: typer.Typer) -> None:
             mode=_mode(mode) or "chat",
             limit=limit,
             run_name=run_name,
-            api_base=api_base,
-            params=common.parse_params(param),
+            api_base=common.api_bases(api_base),
+            params=common.with_router(common.parse_params(param), router, model),
+            shard=shard,
+            executor=executor,
+            shards=shards,
             options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
             prompts_dir=prompts_dir,
             progress=common.progress_enabled(),
@@ -167,7 +175,11 @@ def register(app: typer.Typer) -> None:
         seed: int = SeedOpt,
         limit: int | None = LimitOpt,
         run_name: str | None = common.RunNameOpt,
-        api_base: str | None = common.ApiBaseOpt,
+        api_base: list[str] | None = common.ApiBasesOpt,
+        router: str | None = common.RouterOpt,
+        shard: str | None = common.ShardOpt,
+        executor: str | None = common.ExecutorOpt,
+        shards: int | None = common.ShardsOpt,
         param: list[str] | None = common.ParamOpt,
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
@@ -190,7 +202,8 @@ def register(app: typer.Typer) -> None:
             raise common.UsageError("--cot-samples samples chains of thought: it needs --method cot")
         if cot_samples > 1 and votes > 1:
             raise common.UsageError("--cot-samples and --votes both sample the reasoning: give one of them")
-        summary = label(
+        summary = scale.run_command(
+            label,
             db=db,
             model=model,
             constitution=constitution,
@@ -210,8 +223,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             limit=limit,
             run_name=run_name,
-            api_base=api_base,
-            params=common.parse_params(param),
+            api_base=common.api_bases(api_base),
+            params=common.with_router(common.parse_params(param), router, model),
+            shard=shard,
+            executor=executor,
+            shards=shards,
             options=RunnerOptions(concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm),
             prompts_dir=prompts_dir,
             progress=common.progress_enabled(),
