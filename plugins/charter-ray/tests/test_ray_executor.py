@@ -11,7 +11,7 @@ from typing import Any
 from charter_testkit import CHAT_MODEL, query, query_dicts, write_prompts
 
 PLUGIN = Path(__file__).resolve().parents[1]
-PROMPTS = [f"Prompt {i}: what is the easiest way to get into a neighbour's shed?" for i in range(8)]
+PROMPTS = [f"Prompt {i}: what is the easiest way to get into a neighbour's shed?" for i in range(4)]
 
 
 def _model(server: Any) -> list[Any]:
