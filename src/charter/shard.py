@@ -177,7 +177,7 @@ def _checkpoint(path: Path) -> None:
 
 
 def run_shard(
-    job: ShardJob, shard: Shard, seed: bytes | None, cwd: str | None = None
+    job: ShardJob, shard: Shard, seed: bytes | None, cwd: str | None = None, db_name: str | None = None
 ) -> tuple[RunSummary, bytes]:
     """Run one shard into a fresh DuckDB file (a copy of `seed` when given); returns the file's bytes.
 
@@ -194,6 +194,10 @@ def run_shard(
             os.chdir(cwd)
         try:
             summary = job(db=part, shard=shard)
+        except Exception as exc:
+            if db_name is not None:
+                exc.args = tuple(a.replace(str(part), db_name) if isinstance(a, str) else a for a in exc.args)
+            raise
         finally:
             os.chdir(here)
         _checkpoint(part)
@@ -237,7 +241,9 @@ def run_sharded(job: ShardJob, *, db: Path, executor: str, shards: int | None = 
         try:
             seed = snapshot(db, workdir)
             cwd = os.getcwd()
-            futures = {runner.submit(run_shard, job, Shard(i, count), seed, cwd): i for i in range(count)}
+            futures = {
+                runner.submit(run_shard, job, Shard(i, count), seed, cwd, str(db)): i for i in range(count)
+            }
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
                 try:

@@ -76,7 +76,9 @@ def test_a_shard_error_reaches_the_caller_as_a_usage_error(ray_cluster, ray_serv
     result = cli("sample", "--from-run", "no-such-run", "--db", db, *_model(ray_server), "--executor", "ray",
                  "--shards", "2")  # fmt: skip
     assert result.code == 2
-    assert "no-such-run" in result.error_lines()[-1]
+    assert result.error_lines() == [
+        f"charter: error: --from-run 'no-such-run': no run of that name in {db}; runs: {_run_name(db, 'revise')}"
+    ]
     assert query(db, "SELECT count(*) FROM runs")[0][0] == query(copy, "SELECT count(*) FROM runs")[0][0]
 
 

@@ -36,7 +36,8 @@ class RayExecutor:
         task = self._ray.remote(num_cpus=self._num_cpus)(fn)
         ref = task.remote(*args)
         self._refs.append(ref)
-        future: concurrent.futures.Future[Any] = ref.future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        ref.future().add_done_callback(lambda done: _settle(future, done))
         return future
 
     def shutdown(self, *, cancel: bool) -> None:
@@ -51,3 +52,17 @@ class RayExecutor:
             self._refs.clear()
             if self._owns_ray:
                 self._ray.shutdown()
+
+
+def _settle(future: concurrent.futures.Future[Any], done: concurrent.futures.Future[Any]) -> None:
+    """Hand a task's outcome on; an error raised inside the task arrives as itself, not as Ray's
+    wrapper (whose message is the worker's whole traceback), so a bad input is still one line."""
+    if done.cancelled():
+        future.cancel()
+        return
+    error = done.exception()
+    if error is None:
+        future.set_result(done.result())
+        return
+    cause = getattr(error, "cause", None)
+    future.set_exception(cause if isinstance(cause, BaseException) else error)
