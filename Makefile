@@ -19,10 +19,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml plugins/charter-transformers/pyproject.toml plugins/charter-trl/pyproject.toml plugins/charter-testing/pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml plugins/charter-transformers/pyproject.toml plugins/charter-trl/pyproject.toml plugins/charter-testing/pyproject.toml plugins/charter-ray/pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]" -e plugins/charter-transformers -e plugins/charter-trl \
-		-e plugins/charter-testing
+		-e plugins/charter-testing -e plugins/charter-ray
 	touch $(STAMP)
 
 $(SMOLLM2_STAMP): $(STAMP)
@@ -45,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests plugins benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src plugins/charter-transformers/src plugins/charter-trl/src plugins/charter-testing/src
+	$(BIN)/mypy src plugins/charter-transformers/src plugins/charter-trl/src plugins/charter-testing/src plugins/charter-ray/src
 
 # -rs prints why a test was skipped (the real-model test says so when the wheel is absent).
 test: $(SMOLLM2_STAMP) $(CHROMIUM_STAMP) lint typecheck

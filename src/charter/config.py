@@ -244,12 +244,54 @@ class CallConfig(BaseModel):
         }
 
 
+def _shard(value: Any) -> Any:
+    """`i/n` or `auto` (read from the Slurm or Kubernetes environment now) as the text `i/n`."""
+    from charter.shard import resolve_shard
+
+    shard = resolve_shard(value)  # raises on a malformed i/n, or `auto` outside a scheduler
+    return None if shard is None else str(shard)
+
+
+# Commands that can spread calls over several endpoints repeat --api-base (LiteLLM's Router).
+API_BASES: dict[str, Any] = {
+    "type": "list",
+    "help": "Base URL of an OpenAI-compatible (or other) endpoint. Repeat it to spread calls over "
+    "several endpoints (LiteLLM Router; --param endpoint_concurrency=N is each one's share).",
+}
+
+
 class TaskConfig(CallConfig):
     """A task's run: the database, the run's name and how many items, plus the call options."""
 
     db: Path = option(..., "DuckDB file to write (created if missing).", "--db")
     run_name: str | None = option(None, "Name of the run (default: derived from the inputs).", metavar="NAME")
     limit: int | None = option(None, "Only the first N prompts (sample) or pairs (label).", ge=1)
+    # Scale-out: one shard of n in this process, or every shard on an executor (charter.shard).
+    shard: Annotated[str | None, BeforeValidator(_shard)] = option(
+        None,
+        "i/n: only the items whose id hashes to shard i of n (merge with charter merge); auto: i and n "
+        "from a Slurm array (SLURM_ARRAY_TASK_*) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, "
+        "CHARTER_SHARD_COUNT).",
+        metavar="I/N|auto",
+    )
+    executor: str | None = option(
+        None,
+        "Run every shard on this executor (ray: pip install charter-ray) and merge them into --db.",
+        metavar="NAME",
+    )
+    shards: int | None = option(
+        None, "With --executor: how many shards (default: the executor's CPUs).", metavar="N", ge=1
+    )
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> TaskConfig:
+        if self.executor is None and self.shards is not None:
+            raise ValueError("--shards N runs the shards on an executor: give --executor NAME too (e.g. ray)")
+        if self.executor is not None and self.shard is not None:
+            raise ValueError(
+                "--shard picks the one shard this process runs; with --executor, --shards N says how many to run"
+            )
+        return self
 
 
 def cli_spec(config: type[BaseModel], name: str) -> dict[str, Any]:

@@ -71,3 +71,9 @@ def register_exporters(register: Callable[[Any], None]) -> None:
 def register_trainers(register: Callable[[str, Any], None]) -> None:
     """Register trainers by kind (`sft`, `reward`, `ppo`, `dpo`, ...): `register(kind, spec)` with a
     `charter_trl.spec.TrainerSpec`; `charter train <kind>` is built from them."""
+
+
+@hookspec
+def register_executors(register: Callable[[str, Any], None]) -> None:
+    """Register `--executor NAME` factories: `register("ray", factory)`, `factory() -> ShardExecutor`
+    (see `charter.shard`), which runs a command's shards and hands back each one's database."""

@@ -1,4 +1,4 @@
-"""Scale-out across machines: `--shard i/n` splits a run, `merge_databases` (`charter merge`) joins the files.
+"""Scale-out across machines: `--shard` (charter.shard) splits a run, `merge_databases` (`charter merge`) joins the files.
 
 Sharding is by a hash of each item's id (a prompt's id is a hash of its content unless the file
 gives one), so every machine computes the same split with no coordination: shards are disjoint and
@@ -20,45 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from charter.shard import Shard
 from charter.store.store import Store, StoreError, check_db_path
+
+__all__ = ["MergeSummary", "Shard", "merge_databases"]  # Shard lives in charter.shard; kept here for imports
 
 # How to combine the status of two runs with the same name: the least finished one wins.
 _STATUS_RANK = {"done": 0, "running": 1, "interrupted": 2, "failed": 3}
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard `index` of `count` (0-based): the items whose id hashes to `index` modulo `count`."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"--shard {self.index}/{self.count}: need 0 <= i < n")
-
-    @classmethod
-    def parse(cls, text: str | Shard | None) -> Shard | None:
-        """`"i/n"` -> Shard(i, n); None stays None."""
-        if text is None or isinstance(text, Shard):
-            return text
-        index, sep, count = str(text).partition("/")
-        try:
-            if not sep:
-                raise ValueError
-            return cls(int(index), int(count))
-        except ValueError:
-            raise ValueError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4") from None
-
-    def owns(self, item_id: str) -> bool:
-        """True when the item with this id belongs to this shard (stable across machines and runs)."""
-        if self.count == 1:
-            return True
-        digest = hashlib.sha256(item_id.encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
 
 
 @dataclass

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from charter.config import CallConfig, TaskConfig, describe_error
 from charter.errors import error_msg, line_of, loc_str
 from charter.session import RunSummary
+from charter.shard import run_task
 from charter.tasks import LABEL, REVISE, SAMPLE, Task
 
 
@@ -505,7 +506,7 @@ def run_pipeline(
                 loc,
                 **_step_inputs(entry.kind, step, base, target, **fields),
             )
-            summary: RunSummary = task.run(config, progress=progress)
+            summary: RunSummary = run_task(task, config, progress=progress)
             if entry.kind == "sample":
                 sample_runs.append(summary.run_name)
             result = StepResult(entry.kind, summary.run_name, summary)  # type: ignore[arg-type]

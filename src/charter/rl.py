@@ -32,6 +32,7 @@ from charter.inputs import PromptSource, iter_prompts, scan_prompts
 from charter.records import PromptRecord, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import Job, RunSummary, check_templates, run_chain
+from charter.shard import Shard
 from charter.sl import default_run_name
 from charter.steps.base import Chain
 from charter.steps.label import PairItem, new_pair, stored_prompt
@@ -182,12 +183,14 @@ def run_sample(
         check_model(config.model, api_base=config.api_base, params=config.backend_params())
     check_batch(config.model, config.api_base, config.backend_params(), options or config.runner_options())
     prompts, from_run, limit = config.prompts, config.from_run, config.limit
+    shard = Shard.parse(config.shard)  # `auto` was read from the scheduler when the config was made
+    owned = shard.owns if shard is not None else None
     with ExitStack() as stack:
         source: PromptSource | None = None
         source_run_id: str | None = None
         if prompts is not None:
             source = PromptSource.open(prompts)
-            scan = scan_prompts(source, limit)  # validate everything before writing anything
+            scan = scan_prompts(source, limit, owned)  # validate everything before writing anything
             total, origin = scan.count, {"prompts": str(prompts), "prompts_hash": scan.content_hash}
         else:
             _require_db(db)
@@ -198,6 +201,8 @@ def run_sample(
             records = _prompts_of_run(store, source_run_id, limit)
             if not records:
                 raise StoreError(f"--from-run {from_run!r}: that run has no prompts")
+            if owned is not None:
+                records = [r for r in records if owned(r.prompt_id)]
             total, origin = len(records), {"from_run": from_run, "from_run_id": source_run_id}
         recorded = {
             **config.recorded(),
@@ -214,14 +219,18 @@ def run_sample(
         def items(done: set[str]) -> Iterator[SampleItem]:
             stream: Iterable[PromptRecord] = iter_prompts(source, limit) if source is not None else records
             for record in stream:
-                if record.prompt_id not in done:
+                if record.prompt_id not in done and (owned is None or owned(record.prompt_id)):
                     yield SampleItem(prompt=record, source_run_id=source_run_id)
+
+        name = config.run_name or default_run_name("sample", recorded)
+        if shard is not None and shard.count > 1:
+            recorded["shard"] = str(shard)  # recorded, but not part of the name: the shards are one run
 
         job: Job[SampleItem] = Job(
             chain,
             command="sample",
             config=recorded,
-            run_name=config.run_name or default_run_name("sample", recorded),
+            run_name=name,
             items=items,
             total=total,
             done_table="samples",
@@ -358,13 +367,19 @@ def run_label(
     chain: Chain[PairItem] = Chain([step])
     check_templates(chain, chosen_mode, config.prompts_dir)
     runs = config.runs
+    shard = Shard.parse(config.shard)
+    owned = shard.owns if shard is not None else None
     with ExitStack() as stack:
         store = db if isinstance(db, Store) else stack.enter_context(Store(db))
         run_ids = [_resolve_run(store, r) for r in runs] if runs is not None else None
         sql, sql_params = _pairs_sql(run_ids)
         if config.limit is not None:
             sql += f" LIMIT {int(config.limit)}"
-        total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
+        if owned is None:
+            total = int(store.query(f"SELECT count(*) FROM ({sql})", sql_params)[0][0])
+        else:
+            pair_ids = store.query(f"SELECT pair_id FROM ({sql})", sql_params)
+            total = sum(1 for (pair_id,) in pair_ids if owned(str(pair_id)))
         recorded = {
             **config.recorded(),
             "constitution": constitution_obj.name,
@@ -382,10 +397,12 @@ def run_label(
             "chain": chain.describe(),
         }
         name = config.run_name or default_run_name("label", recorded)
+        if shard is not None and shard.count > 1:
+            recorded["shard"] = str(shard)  # recorded, but not part of the name: the shards are one run
 
         def items(done: set[str]) -> Iterator[PairItem]:
             for row in store.iter_dicts(sql, sql_params):
-                if row["pair_id"] not in done:
+                if row["pair_id"] not in done and (owned is None or owned(str(row["pair_id"]))):
                     yield new_pair(row)
 
         job: Job[PairItem] = Job(

@@ -12,10 +12,10 @@ from charter.backends.batch import check_batch
 from charter.backends.preflight import check_model
 from charter.constitution import Constitution, load_constitution
 from charter.inputs import PromptSource, iter_prompts, scan_prompts
-from charter.merge import Shard
 from charter.records import RevisedExample, messages_to_dicts
 from charter.runner import RunnerOptions
 from charter.session import Job, RunSummary, run_chain
+from charter.shard import Shard
 from charter.steps.base import Chain
 from charter.steps.sl import CritiqueRevise, Respond, new_example
 from charter.store.store import Store
@@ -98,8 +98,9 @@ def revise(prompts: str | Path, **options: Any) -> RunSummary:
     in completion mode (by default it is the plain answer to the conversation, as in the paper);
     `always_revise` asks for a revision every round even when a chat critique's verdict is "no change".
 
-    `shard="i/n"` keeps only the prompts whose id hashes to shard i of n (after `limit`); the run
-    name does not include the shard, so `charter merge` joins the shards' files into one run.
+    `shard="i/n"` (or `"auto"`: from the Slurm or Kubernetes environment, see `charter.shard`) keeps
+    only the prompts whose id hashes to shard i of n (after `limit`); the run name does not include
+    the shard, so `charter merge` joins the shards' files into one run.
     """
     return REVISE.call({"prompts": prompts, **options})  # type: ignore[no-any-return]
 

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N comparisons."),
         seed: int = typer.Option(0, "--seed", help="Seed for the bootstrap interval and retries."),
         run_name: str | None = common.RunNameOpt,
-        api_base: str | None = common.ApiBaseOpt,
+        api_base: list[str] | None = common.ApiBasesOpt,
         param: list[str] | None = common.ParamOpt,
         concurrency: int = common.ConcurrencyOpt,
         max_retries: int = common.MaxRetriesOpt,
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
                 seed=seed,
                 run_name=run_name,
-                api_base=api_base,
+                api_base=common.api_bases(api_base),
                 params=common.parse_params(param),
                 options=RunnerOptions(
                     concurrency=concurrency, max_retries=max_retries, requests_per_minute=rpm
@@ -154,10 +154,12 @@ def _register_compare(evals: typer.Typer) -> None:
         name: str = typer.Option("compare", "--name", help="Prefix of the runs this comparison writes."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
         seed: int = typer.Option(0, "--seed", help="Seed for principle draws and the bootstrap."),
-        api_base: str | None = typer.Option(
-            None, "--api-base", help="Endpoint of the policies (API models)."
+        api_base: list[str] | None = typer.Option(
+            None, "--api-base", help="Endpoint of the policies (API models); repeat it for several (Router)."
         ),
-        judge_api_base: str | None = typer.Option(None, "--judge-api-base", help="Endpoint of the judge."),
+        judge_api_base: list[str] | None = typer.Option(
+            None, "--judge-api-base", help="Endpoint of the judge; repeat it for several (Router)."
+        ),
         param: list[str] | None = common.ParamOpt,
         judge_param: list[str] | None = typer.Option(
             None, "--judge-param", help="key=value for the judge's requests. Repeatable."
@@ -175,8 +177,9 @@ def _register_compare(evals: typer.Typer) -> None:
         try:
             results = compare(
                 db=db, prompts=prompts, policies=policy, judge=judge, constitution=constitution,
-                helpful_principle=helpful or HELPFUL, name=name, limit=limit, seed=seed, api_base=api_base,
-                judge_api_base=judge_api_base, params=common.parse_params(param),
+                helpful_principle=helpful or HELPFUL, name=name, limit=limit, seed=seed,
+                api_base=common.api_bases(api_base), judge_api_base=common.api_bases(judge_api_base),
+                params=common.parse_params(param),
                 judge_params=common.parse_params(judge_param),
                 options=RunnerOptions(concurrency=concurrency, max_retries=max_retries),
                 progress=common.progress_enabled(),

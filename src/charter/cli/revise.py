@@ -9,6 +9,7 @@ import typer
 
 from charter.cli import common
 from charter.cli.derive import task_command
+from charter.shard import run_task
 from charter.tasks.revise import REVISE, ReviseConfig
 
 if TYPE_CHECKING:  # the session imports the runner and DuckDB: not for `charter --help`
@@ -34,9 +35,8 @@ def print_summary(summary: RunSummary, db: Path) -> None:
 @task_command(REVISE)
 def revise_cmd(config: ReviseConfig) -> None:
     """SL-CAI: answer each prompt, then critique and revise it --rounds times."""
-    from charter.sl import run_revise
-
-    print_summary(run_revise(config, progress=common.progress_enabled()), config.db)
+    summary = run_task(REVISE, config, progress=common.progress_enabled())
+    print_summary(summary, config.db)
 
 
 def register(app: typer.Typer) -> None:

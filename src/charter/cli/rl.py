@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import typer
 
 from charter.cli import common
 from charter.cli.derive import task_command
 from charter.cli.revise import print_summary
+from charter.shard import run_task
 from charter.tasks.label import LABEL, LabelConfig
 from charter.tasks.sample import SAMPLE, SampleConfig
 
@@ -36,9 +37,9 @@ def sample_cmd(config: SampleConfig) -> None:
     requests when the backend returns fewer choices or refuses it; --param n_supported=false
     skips n altogether.
     """
-    from charter.rl import run_sample
+    from charter.rl import SampleSummary
 
-    summary = run_sample(config, progress=common.progress_enabled())
+    summary = cast(SampleSummary, run_task(SAMPLE, config, progress=common.progress_enabled()))
     lines = [f"  {summary.pairs} pairs stored for labeling"]
     if summary.prompts_without_pairs:
         lines.append(
@@ -57,9 +58,9 @@ def sample_cmd(config: SampleConfig) -> None:
 @task_command(LABEL)
 def label_cmd(config: LabelConfig) -> None:
     """RL-CAI: label every unlabeled pair in DB with the feedback model's soft preference."""
-    from charter.rl import run_label
+    from charter.rl import LabelSummary
 
-    summary = run_label(config, progress=common.progress_enabled())
+    summary = cast(LabelSummary, run_task(LABEL, config, progress=common.progress_enabled()))
     sources = ", ".join(f"{k} {v}" for k, v in sorted((summary.sources or {}).items()))
     lines = [f"  {summary.labeled} pairs labeled ({sources or 'none'})"]
     if summary.flagged:

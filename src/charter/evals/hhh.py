@@ -236,7 +236,7 @@ def eval_hhh(
     limit: int | None = None,
     seed: int = 0,
     run_name: str | None = None,
-    api_base: str | None = None,
+    api_base: str | list[str] | None = None,
     params: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
     prompts_dir: str | None = None,

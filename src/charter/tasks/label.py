@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, model_validator
 
-from charter.config import Mode, PathText, TaskConfig, option, parse_clamp
+from charter.config import API_BASES, Mode, PathText, TaskConfig, option, parse_clamp
 from charter.labels import DEFAULT_MIN_OPTION_MASS
 from charter.tasks.base import CALL_OPTIONS, Task
 
@@ -83,6 +83,7 @@ class LabelConfig(TaskConfig):
 
     cli_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "db": {"help": "DuckDB file holding pairs (from charter sample)."},
+        "api_base": API_BASES,
     }
 
     @model_validator(mode="after")
@@ -129,6 +130,10 @@ LABEL = Task(
         "limit",
         "run_name",
         "api_base",
+        "router",
+        "shard",
+        "executor",
+        "shards",
         *CALL_OPTIONS,
         "max_flagged",
     ),

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BeforeValidator
-
-from charter.config import Mode, PathText, TaskConfig, option
+from charter.config import API_BASES, Mode, PathText, TaskConfig, option
 from charter.tasks.base import CALL_OPTIONS, Task
-
-
-def _shard(value: Any) -> Any:
-    from charter.merge import Shard
-
-    shard = Shard.parse(value)  # raises on a malformed i/n
-    return None if shard is None else str(shard)
 
 
 class ReviseConfig(TaskConfig):
@@ -36,20 +27,10 @@ class ReviseConfig(TaskConfig):
         False,
         "Revise every round, even when a chat critique ends 'Verdict: no change' (as the paper does).",
     )
-    shard: Annotated[str | None, BeforeValidator(_shard)] = option(
-        None,
-        "i/n: only the prompts whose id hashes to shard i of n (merge with charter merge).",
-        metavar="I/N",
-    )
-
     cli_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "seed": {"help": "Seed for the principle draws."},
         "limit": {"help": "Only the first N prompts."},
-        "api_base": {
-            "type": "list",
-            "help": "Base URL of an OpenAI-compatible (or other) endpoint. Repeat it to spread calls over "
-            "several endpoints (LiteLLM Router; --param endpoint_concurrency=N is each one's share).",
-        },
+        "api_base": API_BASES,
     }
 
 
@@ -73,6 +54,8 @@ REVISE = Task(
         "api_base",
         "router",
         "shard",
+        "executor",
+        "shards",
         *CALL_OPTIONS,
     ),
 )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, model_validator
 
-from charter.config import Mode, PathText, TaskConfig, option, parse_params
+from charter.config import API_BASES, Mode, PathText, TaskConfig, option, parse_params
 from charter.tasks.base import CALL_OPTIONS, Task
 
 
@@ -31,6 +31,8 @@ class SampleConfig(TaskConfig):
     )
     system: str | None = option(None, "System message for chat mode.")
     mode: Mode = option("chat", "chat | completion (Human/Assistant format).")
+
+    cli_overrides: ClassVar[dict[str, dict[str, Any]]] = {"api_base": API_BASES}
 
     @model_validator(mode="before")
     @classmethod
@@ -83,6 +85,10 @@ SAMPLE = Task(
         "limit",
         "run_name",
         "api_base",
+        "router",
+        "shard",
+        "executor",
+        "shards",
         *CALL_OPTIONS,
     ),
 )
