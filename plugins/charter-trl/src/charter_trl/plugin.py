@@ -12,7 +12,14 @@ from typing import Any
 
 from charter.hookspecs import hookimpl
 
-TRAINERS = {"sft": "train_sft", "reward": "train_reward", "ppo": "train_ppo", "dpo": "train_dpo"}
+TRAINERS = {
+    "sft": "train_sft",
+    "reward": "train_reward",
+    "ppo": "train_ppo",
+    "dpo": "train_dpo",
+    "grpo": "train_grpo",
+    "rloo": "train_rloo",
+}
 
 
 def _lazy(kind: str, name: str) -> Callable[..., Any]:
@@ -26,7 +33,7 @@ def _lazy(kind: str, name: str) -> Callable[..., Any]:
 
 @hookimpl
 def register_trainers(register: Callable[[str, Any], None]) -> None:
-    """Register `sft`, `reward`, `ppo` and `dpo`."""
+    """Register `sft`, `reward`, `ppo`, `dpo`, `grpo` and `rloo`."""
     for kind, name in TRAINERS.items():
         register(kind, _lazy(kind, name))
 

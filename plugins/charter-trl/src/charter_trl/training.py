@@ -40,7 +40,16 @@ from .data import (
     read_prompt_rows,
     read_sft,
 )
-from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOptions
+from .options import (
+    DPOOptions,
+    GRPOOptions,
+    OnlineOptions,
+    PPOOptions,
+    RewardOptions,
+    RLOOOptions,
+    SFTOptions,
+    TrainOptions,
+)
 
 __all__ = ["KINDS", "TrainingFailed", "build_options", "run_training"]
 
@@ -49,7 +58,11 @@ KINDS: dict[str, type[TrainOptions]] = {
     "reward": RewardOptions,
     "ppo": PPOOptions,
     "dpo": DPOOptions,
+    "grpo": GRPOOptions,
+    "rloo": RLOOOptions,
 }
+# Online RL: prompts in, rewarded by a reward model (--reward-model) or the judge (--judge-model).
+ONLINE = ("grpo", "rloo")
 
 # Written next to the trained model: the training_runs record (without PPO's samples).
 RECORD_FILE = "charter_training_run.json"
@@ -121,6 +134,10 @@ def _validate_trl_fields(kind: str, options: TrainOptions) -> None:
         from trl import RewardConfig as config_class  # type: ignore[assignment]
     elif kind == "dpo":
         from trl import DPOConfig as config_class  # type: ignore[assignment]
+    elif kind in ONLINE:
+        from trl import GRPOConfig, RLOOConfig
+
+        config_class = GRPOConfig if kind == "grpo" else RLOOConfig  # type: ignore[assignment,misc]
     else:
         from .ppo import PPOConfig as config_class  # type: ignore[assignment]
     validate_extra(config_class, options.extra)
@@ -160,6 +177,10 @@ def check_counts(
                 f"PPO needs at least batch_size x gradient_accumulation_steps = {local_batch} training prompts, "
                 f"got {len(train)}; lower --batch-size"
             )
+    if isinstance(options, OnlineOptions):
+        from .online import check_groups
+
+        check_groups(kind, options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +344,7 @@ def run_training(
     reward_model: str | os.PathLike[str] | None = None,
     prompts_from_run: str | None = None,
     eval_prompts: str | os.PathLike[str] | Iterable[Any] | None = None,
+    judge: Any = None,
     callbacks: Sequence[TrainerCallback] = (),
     **options: Any,
 ) -> dict[str, Any]:
@@ -336,6 +358,8 @@ def run_training(
     - `ppo` reads prompts from the `prompts` table (`prompts_from_run` is another name for `run`)
       and needs `reward_model` (a directory from `reward`); `eval_prompts` (a prompts file or rows)
       replaces the held-out slice used for the reward before/after comparison.
+    - `grpo` and `rloo` read prompts as `ppo` does, rewarded by `reward_model` or by `judge` (a
+      `charter_trl.judge.JudgeSettings`: the online constitutional judge, its calls stored in `db`).
 
     `run` keeps rows of one run (name or id), `where` adds an SQL condition on the source's columns.
     `options` are fields of the kind's options class (`max_steps`, `batch_size`, `learning_rate`,
@@ -348,14 +372,22 @@ def run_training(
     """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     opts = build_options(kind, options, params)
+    online = kind in ONLINE
     if prompts_from_run is not None:
-        if kind != "ppo":
+        if kind != "ppo" and not online:
             raise ValueError("--prompts-from-run applies to charter train ppo only")
         if run is not None and run != prompts_from_run:
             raise ValueError("give --run or --prompts-from-run, not both")
         run = prompts_from_run
-    if reward_model is not None and kind != "ppo":
-        raise ValueError("--reward-model applies to charter train ppo only")
+    if reward_model is not None and kind != "ppo" and not online:
+        raise ValueError("--reward-model applies to charter train ppo, grpo and rloo only")
+    if judge is not None and not online:
+        raise ValueError("--judge-model applies to charter train grpo and rloo only")
+    if online and (reward_model is None) == (judge is None):
+        raise ValueError(
+            f"charter train {kind} needs --reward-model DIR (from charter train reward) or --judge-model "
+            "MODEL (the online constitutional judge), one of them"
+        )
     if kind == "ppo" and reward_model is None:
         raise ValueError("charter train ppo needs --reward-model DIR (a model from charter train reward)")
     if (all_rounds is not None or final_only) and kind != "sft":
@@ -365,8 +397,8 @@ def run_training(
     if final_only and all_rounds:
         raise ValueError("give --final-only or --all-rounds, not both")
     all_rounds = not final_only
-    if eval_prompts is not None and kind != "ppo":
-        raise ValueError("eval prompts apply to charter train ppo only")
+    if eval_prompts is not None and kind != "ppo" and not online:
+        raise ValueError("eval prompts apply to charter train ppo, grpo and rloo only")
 
     db_path = Path(db)
     if not db_path.exists():
@@ -407,12 +439,18 @@ def run_training(
     model_name = resolve_model(model)
     tokenizer = _check_model(model_name, trust_remote_code=opts.trust_remote_code)
     reward_dir: str | None = None
+    if judge is not None:
+        from .judge import as_settings
+
+        judge = as_settings(judge)
+        judge.check()
     if reward_model is not None:
         reward_dir = resolve_model(reward_model)
         reward_tokenizer = _check_model(reward_dir, flag="--reward-model")
         from .common import same_vocabulary
 
-        if not same_vocabulary(reward_tokenizer, tokenizer):
+        # GRPO/RLOO pass text to the reward model (its own tokenizer); only PPO passes token ids.
+        if kind == "ppo" and not same_vocabulary(reward_tokenizer, tokenizer):
             raise ValueError(
                 f"--reward-model {reward_dir}: its tokenizer differs from the policy's ({model_name}); PPO "
                 "scores token ids directly, so train the reward model from the same base model"
@@ -445,9 +483,10 @@ def run_training(
         )
         config.update(all_rounds=all_rounds, mix=str(mix) if isinstance(mix, str | os.PathLike) else None)
         config["mix_rows"] = len(mix_rows) if mix_rows is not None else 0
-    if kind == "ppo":
+    if kind == "ppo" or online:
         config.update(
             reward_model=reward_dir,
+            judge=judge.public() if judge is not None else None,
             eval_prompts=str(eval_prompts) if isinstance(eval_prompts, str | os.PathLike) else None,
         )
     record = TrainingRecord(
@@ -481,6 +520,21 @@ def run_training(
             from .dpo import train_dpo
 
             metrics = train_dpo(rows, model_name, out_path, opts, callbacks=[started, *callbacks])
+        elif isinstance(opts, OnlineOptions):
+            from .online import train_kind
+
+            metrics = train_kind(
+                kind,
+                rows,
+                model_name,
+                out_path,
+                opts,
+                reward_model=reward_dir,
+                judge=judge,
+                db=db_path,
+                eval_prompts=held_out,
+                callbacks=[started, *callbacks],
+            )
         else:
             from .ppo import train_ppo
 
