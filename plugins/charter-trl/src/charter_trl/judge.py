@@ -149,11 +149,15 @@ class ConstitutionalJudge:
         prompt_rows: dict[str, dict[str, Any]] = {}
         pair_rows: dict[str, dict[str, Any]] = {}
         ties: list[tuple[int, int]] = []
+        labels: dict[str, float | None] = {}
         from charter.store.store import Store
 
         from .data import _retry
 
         def write_groups() -> None:
+            # Retried whole when the file is busy: start from nothing each time.
+            for collected in (comparisons, prompt_rows, pair_rows, ties, labels):
+                collected.clear()
             with Store(self.db) as store:
                 run_id, _ = store.start_run(
                     self.rollout_run, "judge-rollouts", {"judge_run": self.label_run}, done_table="pairs"
@@ -198,7 +202,6 @@ class ConstitutionalJudge:
                     )
                     labels.update({str(pid): None if p is None else float(p) for pid, p in found})
 
-        labels: dict[str, float | None] = {}
         _retry(write_groups)
         missing = [pid for _, _, pid in comparisons if pid not in labels]
         if missing:
