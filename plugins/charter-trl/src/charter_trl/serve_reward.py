@@ -151,7 +151,8 @@ class RewardServer:
         async def start() -> None:
             app = web.Application(client_max_size=MAX_BODY_BYTES)
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
+            # A short grace period: a stopped server should not hold the port (or Ctrl-C) for a minute.
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.requested_port)
             await site.start()
