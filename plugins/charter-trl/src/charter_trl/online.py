@@ -90,6 +90,12 @@ def train_online(
 
     validate_extra(config_class, options.extra)  # fail before any loading or writing
     check_groups(kind, options)
+    if scorer.relative and PartialState().num_processes > 1:
+        # TRL hands each process its own slice of the completions, which can split a group, and the
+        # judge compares whole groups (and writes to one database file).
+        raise ValueError(
+            f"{kind} with the judge runs in one process; use --reward-model under accelerate launch"
+        )
     started = time.perf_counter()
     seed_everything(options.seed)
     all_prompts = _normalize_prompts(prompts, "prompt")
