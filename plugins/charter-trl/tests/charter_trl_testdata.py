@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -239,3 +240,31 @@ def query_dicts(db: Any, sql: str, params: list[Any] | None = None) -> list[dict
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
     finally:
         con.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# A scripted feedback model for the online judge (served by charter's fake OpenAI server)
+# --------------------------------------------------------------------------------------------------
+
+_OPTIONS = re.compile(r"\(A\) \[\[\[(.*?)\]\]\]\s*\(B\) \[\[\[(.*?)\]\]\]", re.S)
+
+
+def readability(text: str) -> float:
+    """The share of `text` that is ASCII letters and spaces (what `readable_judge` prefers)."""
+    return sum(c.isascii() and (c.isalpha() or c == " ") for c in text) / max(len(text), 1)
+
+
+def readable_judge(request: Any) -> Any:
+    """Answers the multiple-choice feedback question (label-mc-chat) like a feedback model that
+    prefers the more readable response: P(A) = sigmoid(10 x (readability(A) - readability(B)))."""
+    import math
+
+    from charter_testing.fake_openai import FakeReply, FakeToken
+
+    found = _OPTIONS.findall(str(request.messages[-1]["content"]))
+    if not found:
+        return "I cannot tell."
+    a, b = found[-1]
+    p_a = min(max(1 / (1 + math.exp(-10 * (readability(a) - readability(b)))), 0.02), 0.98)
+    answer = " (A)" if p_a >= 0.5 else " (B)"
+    return FakeReply(answer, tokens=[FakeToken(answer, {" (A)": math.log(p_a), " (B)": math.log(1 - p_a)})])

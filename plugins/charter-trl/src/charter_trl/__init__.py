@@ -1,4 +1,4 @@
-"""charter-trl: SFT, reward-model, PPO and DPO trainers for charter data.
+"""charter-trl: SFT, reward-model, PPO, DPO, GRPO and RLOO trainers for charter data.
 
 Each trainer takes plain rows (the shapes of charter's `sft_examples` / `preference_pairs` views),
 a model path or hub id and an output directory, writes a loadable model + tokenizer there and
@@ -19,14 +19,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .options import DPOOptions, PPOOptions, RewardOptions, SFTOptions, TrainOptions
+from .options import DPOOptions, GRPOOptions, PPOOptions, RewardOptions, RLOOOptions, SFTOptions, TrainOptions
 
 if TYPE_CHECKING:
     from .common import ModelLoadError
     from .demo import run_demo
     from .dpo import train_dpo
+    from .grpo import train_grpo
+    from .judge import ConstitutionalJudge, JudgeSettings
     from .ppo import train_ppo
     from .reward import score, soft_label_loss, train_reward
+    from .rloo import train_rloo
+    from .scorers import RewardModelScorer
     from .sft import train_sft
     from .training import TrainingFailed, run_training
 
@@ -38,15 +42,25 @@ _LAZY = {
     "score": "reward",
     "train_ppo": "ppo",
     "train_dpo": "dpo",
+    "train_grpo": "grpo",
+    "train_rloo": "rloo",
+    "ConstitutionalJudge": "judge",
+    "JudgeSettings": "judge",
+    "RewardModelScorer": "scorers",
     "run_training": "training",
     "TrainingFailed": "training",
     "run_demo": "demo",
 }
 
 __all__ = [
+    "ConstitutionalJudge",
     "DPOOptions",
+    "GRPOOptions",
+    "JudgeSettings",
     "ModelLoadError",
     "PPOOptions",
+    "RLOOOptions",
+    "RewardModelScorer",
     "RewardOptions",
     "SFTOptions",
     "TrainOptions",
@@ -56,8 +70,10 @@ __all__ = [
     "score",
     "soft_label_loss",
     "train_dpo",
+    "train_grpo",
     "train_ppo",
     "train_reward",
+    "train_rloo",
     "train_sft",
 ]
 

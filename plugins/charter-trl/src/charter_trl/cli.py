@@ -1,4 +1,4 @@
-"""`charter train sft|reward|ppo|dpo` and `charter demo`, added to the CLI by `charter_trl.plugin`.
+"""`charter train sft|reward|ppo|dpo|grpo|rloo`, `charter serve-reward` and `charter demo`, added to the CLI by `charter_trl.plugin`.
 
 Kept import-light: torch, transformers and TRL load only when a command runs, so `charter --help`
 stays fast. Each command is a thin layer over `charter_trl.run_training` / `charter_trl.demo.run_demo`.
@@ -17,7 +17,7 @@ from charter.cli import common
 
 train_app = typer.Typer(
     name="train",
-    help="Train on the database's data with TRL (charter-trl): sft, reward, ppo, dpo; or a plugin's trainer.",
+    help="Train on the database's data with TRL (charter-trl): sft, reward, ppo, dpo, grpo, rloo; or a plugin's trainer.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -214,6 +214,150 @@ def _default_command(kind: str, help_text: str) -> Any:
     return command
 
 
+# The online RL commands' reward: the trained reward model, or the online constitutional judge.
+OnlineRewardModelOpt = typer.Option(
+    None,
+    "--reward-model",
+    help="Directory of a reward model from `charter train reward` (or give --judge-model).",
+)
+JudgeModelOpt = typer.Option(
+    None,
+    "--judge-model",
+    metavar="MODEL",
+    help="Feedback model of the online constitutional judge (a charter model string); its calls are "
+    "stored in --db.",
+)
+ConstitutionOpt = typer.Option("anthropic-rl", "--constitution", help="The judge's principles: name or path.")
+JudgeMethodOpt = typer.Option(
+    "logprobs", "--judge-method", help="logprobs (multiple choice) | cot (chain of thought)."
+)
+JudgeSwapOpt = typer.Option(
+    False, "--judge-swap/--no-judge-swap", help="Also ask each comparison with the options swapped."
+)
+JudgeParamOpt = typer.Option(
+    None,
+    "--judge-param",
+    metavar="KEY=VALUE",
+    help="key=value for the judge's backend (as charter label --param).",
+)
+JudgeRunOpt = typer.Option(
+    None, "--judge-run", metavar="NAME", help="Name of the judge's label run (default: from its settings)."
+)
+NumGenerationsOpt = typer.Option(
+    None, "--num-generations", min=2, help="Completions per prompt, compared with each other (default 4)."
+)
+
+
+def _judge(judge_model: str | None, **settings: Any) -> Any:
+    """JudgeSettings from a command's judge options (None without --judge-model)."""
+    if judge_model is None:
+        return None
+    from charter_trl.judge import JudgeSettings
+
+    settings["params"] = common.parse_params(settings.pop("judge_param"))
+    return JudgeSettings(model=judge_model, **settings)
+
+
+def _online(kind: str, values: dict[str, Any]) -> None:
+    """`charter train grpo|rloo`: the judge options become one JudgeSettings."""
+    judge_keys = ("api_base", "judge_param", "constitution", "seed", "concurrency", "max_retries")
+    judge = _judge(
+        values.pop("judge_model"),
+        **{k: values[k] for k in judge_keys},
+        method=values.pop("judge_method"),
+        swap=values.pop("judge_swap"),
+        run_name=values.pop("judge_run"),
+    )
+    for key in ("api_base", "judge_param", "constitution", "concurrency", "max_retries"):
+        values.pop(key)
+    _train(kind, judge=judge, **values)
+
+
+def _online_command(kind: str, doc: str) -> Any:
+    """`charter train grpo` / `rloo`: the same options, a different TRL trainer."""
+
+    def command(
+        db: Path = DbOpt,
+        model: str = TrainModelOpt,
+        out: Path = OutOpt,
+        reward_model: str | None = OnlineRewardModelOpt,
+        judge_model: str | None = JudgeModelOpt,
+        api_base: str | None = common.ApiBaseOpt,
+        judge_param: list[str] | None = JudgeParamOpt,
+        constitution: str = ConstitutionOpt,
+        judge_method: str = JudgeMethodOpt,
+        judge_swap: bool = JudgeSwapOpt,
+        judge_run: str | None = JudgeRunOpt,
+        concurrency: int = common.ConcurrencyOpt,
+        max_retries: int = common.MaxRetriesOpt,
+        run: str | None = RunOpt,
+        where: str | None = WhereOpt,
+        eval_prompts: str | None = typer.Option(
+            None,
+            "--eval-prompts",
+            help="Prompts file for the before/after comparison (default: a held-out slice).",
+        ),
+        num_generations: int | None = NumGenerationsOpt,
+        max_steps: int | None = MaxStepsOpt,
+        batch_size: int | None = BatchSizeOpt,
+        learning_rate: float | None = LearningRateOpt,
+        seed: int = SeedOpt,
+        param: list[str] | None = TrainParamOpt,
+    ) -> None:
+        _online(kind, {k: v for k, v in locals().items() if k not in ("kind", "doc")})
+
+    command.__doc__ = doc
+    command.__name__ = f"{kind}_cmd"
+    return command
+
+
+grpo_cmd = _online_command(
+    "grpo", "Online RL-CAI: GRPO on the database's prompts, rewarded by the reward model or the judge."
+)
+rloo_cmd = _online_command(
+    "rloo", "Online RL-CAI: RLOO on the database's prompts, rewarded by the reward model or the judge."
+)
+
+
+def serve_reward_cmd(
+    reward_model: str | None = OnlineRewardModelOpt,
+    judge_model: str | None = JudgeModelOpt,
+    db: Path | None = typer.Option(
+        None, "--db", help="DuckDB file for the judge's calls (needed with --judge-model)."
+    ),
+    api_base: str | None = common.ApiBaseOpt,
+    judge_param: list[str] | None = JudgeParamOpt,
+    constitution: str = ConstitutionOpt,
+    judge_method: str = JudgeMethodOpt,
+    judge_swap: bool = JudgeSwapOpt,
+    judge_run: str | None = JudgeRunOpt,
+    concurrency: int = common.ConcurrencyOpt,
+    max_retries: int = common.MaxRetriesOpt,
+    seed: int = SeedOpt,
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind (0.0.0.0 to serve other machines)."
+    ),
+    port: int = typer.Option(5000, "--port", min=0, max=65535, help="Port to listen on (0: any free one)."),
+) -> None:
+    """Serve rewards over HTTP in the shape of OpenRLHF's remote reward model (--remote_rm_url)."""
+    _env()
+    from charter_trl.serve_reward import serve
+
+    judge = _judge(
+        judge_model,
+        api_base=api_base,
+        judge_param=judge_param,
+        constitution=constitution,
+        seed=seed,
+        concurrency=concurrency,
+        max_retries=max_retries,
+        method=judge_method,
+        swap=judge_swap,
+        run_name=judge_run,
+    )
+    serve(reward_model=reward_model, judge=judge, db=db, host=host, port=port, echo=typer.echo)
+
+
 def demo_cmd(
     model: str | None = typer.Option(
         None,
@@ -242,7 +386,8 @@ def demo_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train` (a command group with one command per registered trainer) and `demo` to the CLI."""
+    """Add `train` (a command group with one command per registered trainer), `serve-reward` and `demo`
+    to the CLI."""
     from charter.plugins import get_trainers
 
     # Idempotent: the CLI's main() asks plugins to register on every call (tests call it many times).
@@ -254,3 +399,5 @@ def register(app: typer.Typer) -> None:
         app.add_typer(train_app, name="train")
     if not any(command.name == "demo" for command in app.registered_commands):
         app.command("demo")(demo_cmd)
+    if not any(command.name == "serve-reward" for command in app.registered_commands):
+        app.command("serve-reward")(serve_reward_cmd)

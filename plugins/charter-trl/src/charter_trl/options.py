@@ -125,3 +125,34 @@ class DPOOptions(TrainOptions):
 
     beta: float = 0.1
     min_chosen_prob: float = 0.5
+
+
+@dataclass
+class OnlineOptions(TrainOptions):
+    """Options GRPO and RLOO share (`train_grpo`, `train_rloo`): online RL on the database's prompts.
+
+    Each step samples `num_generations` completions per prompt (so `batch_size`, which counts
+    completions, must be a multiple of it) and scores them with the reward: the reward model's score,
+    or the constitutional judge's soft label (P of that completion winning its comparisons). Up to
+    `eval_count` prompts are held out and answered (`eval_temperature=0`: greedy) before and after
+    training; the reward model scores both answers, the judge compares them head to head.
+    `max_prompt_length` truncates those eval prompts from the left (GRPO/RLOO keep whole prompts).
+    """
+
+    num_generations: int = 4
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    max_prompt_length: int | None = 512
+    eval_count: int = 8
+    eval_temperature: float = 0.0
+    eval_batch_size: int = 8
+
+
+@dataclass
+class GRPOOptions(OnlineOptions):
+    """Options for `train_grpo` (TRL's GRPOTrainer; `--param beta=...` adds a KL penalty)."""
+
+
+@dataclass
+class RLOOOptions(OnlineOptions):
+    """Options for `train_rloo` (TRL's RLOOTrainer: REINFORCE with a leave-one-out baseline)."""

@@ -57,10 +57,53 @@ def _train_ppo(
     return train_ppo(rows, model, reward_model, out, options, eval_prompts=eval_prompts, callbacks=callbacks)
 
 
+def _train_online(kind: str) -> Callable[..., Any]:
+    def train(
+        rows: Any,
+        model: str,
+        out: Any,
+        options: Any,
+        *,
+        callbacks: Any = (),
+        reward_model: str | None = None,
+        judge: Any = None,
+        db: Any = None,
+        eval_prompts: Any = None,
+    ) -> Any:
+        from charter_trl.online import train_kind
+
+        return train_kind(
+            kind,
+            rows,
+            model,
+            out,
+            options,
+            reward_model=reward_model,
+            judge=judge,
+            db=db,
+            eval_prompts=eval_prompts,
+            callbacks=callbacks,
+        )
+
+    train.__name__ = f"_train_{kind}"
+    return train
+
+
 def trainer_specs() -> list[TrainerSpec]:
-    """charter-trl's four trainers."""
+    """charter-trl's trainers: sft, reward, ppo, dpo, and the online grpo and rloo."""
     from charter_trl import cli
-    from charter_trl.options import DPOOptions, PPOOptions, RewardOptions, SFTOptions
+    from charter_trl.options import (
+        DPOOptions,
+        GRPOOptions,
+        PPOOptions,
+        RewardOptions,
+        RLOOOptions,
+        SFTOptions,
+    )
+
+    # Online RL: prompts in, rewarded by a reward model (--reward-model) or the judge (--judge-model).
+    online = frozenset({"reward_model", "judge", "eval_prompts"})
+    online_highlights = ("mean_reward_before", "mean_reward_after", "final_reward")
 
     return [
         TrainerSpec(
@@ -106,12 +149,34 @@ def trainer_specs() -> list[TrainerSpec]:
             command=cli.dpo_cmd,
             library_config=_lazy("trl", "DPOConfig"),
         ),
+        TrainerSpec(
+            "grpo",
+            GRPOOptions,
+            "prompts",
+            _train_online("grpo"),
+            help="Online RL-CAI: GRPO, rewarded by the reward model or the judge",
+            highlights=online_highlights,
+            inputs=online,
+            command=cli.grpo_cmd,
+            library_config=_lazy("trl", "GRPOConfig"),
+        ),
+        TrainerSpec(
+            "rloo",
+            RLOOOptions,
+            "prompts",
+            _train_online("rloo"),
+            help="Online RL-CAI: RLOO, rewarded by the reward model or the judge",
+            highlights=online_highlights,
+            inputs=online,
+            command=cli.rloo_cmd,
+            library_config=_lazy("trl", "RLOOConfig"),
+        ),
     ]
 
 
 @hookimpl
 def register_trainers(register: Callable[[str, Any], None]) -> None:
-    """Register `sft`, `reward`, `ppo` and `dpo`."""
+    """Register `sft`, `reward`, `ppo`, `dpo`, `grpo` and `rloo`."""
     for spec in trainer_specs():
         register(spec.kind, spec)
 

@@ -41,7 +41,7 @@ from .data import (
     read_prompt_rows,
     read_sft,
 )
-from .options import DPOOptions, PPOOptions, TrainOptions
+from .options import DPOOptions, OnlineOptions, PPOOptions, TrainOptions
 
 __all__ = ["TrainingFailed", "build_options", "run_training"]
 
@@ -150,6 +150,10 @@ def check_counts(
                 f"PPO needs at least batch_size x gradient_accumulation_steps = {local_batch} training prompts, "
                 f"got {len(train)}; lower --batch-size"
             )
+    if isinstance(options, OnlineOptions):
+        from .online import check_groups
+
+        check_groups(kind, options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,6 +329,7 @@ def run_training(
     reward_model: str | os.PathLike[str] | None = None,
     prompts_from_run: str | None = None,
     eval_prompts: str | os.PathLike[str] | Iterable[Any] | None = None,
+    judge: Any = None,
     callbacks: Sequence[TrainerCallback] = (),
     **options: Any,
 ) -> dict[str, Any]:
@@ -338,6 +343,8 @@ def run_training(
     - `ppo` reads prompts from the `prompts` table (`prompts_from_run` is another name for `run`)
       and needs `reward_model` (a directory from `reward`); `eval_prompts` (a prompts file or rows)
       replaces the held-out slice used for the reward before/after comparison.
+    - `grpo` and `rloo` read prompts as `ppo` does, rewarded by `reward_model` or by `judge` (a
+      `charter_trl.judge.JudgeSettings`: the online constitutional judge, its calls stored in `db`).
 
     `run` keeps rows of one run (name or id), `where` adds an SQL condition on the source's columns.
     `options` are fields of the kind's options class (`max_steps`, `batch_size`, `learning_rate`,
@@ -362,11 +369,17 @@ def run_training(
         "all_rounds": (all_rounds is not None or final_only, "--all-rounds and --final-only apply"),
         "mix": (mix is not None, "--mix applies"),
         "eval_prompts": (eval_prompts is not None, "eval prompts apply"),
+        "judge": (judge is not None, "--judge-model applies"),
     }
     for name, (present, flag) in given.items():
         if present and name not in spec.inputs:
             raise ValueError(f"{flag} to {_takers('inputs', name)} only")
-    if "reward_model" in spec.inputs and reward_model is None:
+    if "judge" in spec.inputs and (reward_model is None) == (judge is None):
+        raise ValueError(
+            f"charter train {kind} needs --reward-model DIR (from charter train reward) or --judge-model "
+            "MODEL (the online constitutional judge), one of them"
+        )
+    elif "reward_model" in spec.inputs and "judge" not in spec.inputs and reward_model is None:
         raise ValueError(f"charter train {kind} needs --reward-model DIR (a model from charter train reward)")
     if final_only and all_rounds:
         raise ValueError("give --final-only or --all-rounds, not both")
@@ -412,12 +425,18 @@ def run_training(
     model_name = resolve_model(model)
     tokenizer = _check_model(model_name, trust_remote_code=getattr(opts, "trust_remote_code", False))
     reward_dir: str | None = None
+    if judge is not None:
+        from .judge import as_settings
+
+        judge = as_settings(judge)
+        judge.check()
     if reward_model is not None:
         reward_dir = resolve_model(reward_model)
         reward_tokenizer = _check_model(reward_dir, flag="--reward-model")
         from .common import same_vocabulary
 
-        if not same_vocabulary(reward_tokenizer, tokenizer):
+        # GRPO/RLOO pass text to the reward model (its own tokenizer); only PPO passes token ids.
+        if kind == "ppo" and not same_vocabulary(reward_tokenizer, tokenizer):
             raise ValueError(
                 f"--reward-model {reward_dir}: its tokenizer differs from the policy's ({model_name}); PPO "
                 "scores token ids directly, so train the reward model from the same base model"
@@ -453,6 +472,7 @@ def run_training(
     if "reward_model" in spec.inputs:
         config.update(
             reward_model=reward_dir,
+            judge=judge.public() if judge is not None else None,
             eval_prompts=str(eval_prompts) if isinstance(eval_prompts, str | os.PathLike) else None,
         )
     record = TrainingRecord(
@@ -470,14 +490,20 @@ def run_training(
 
     # 3. Train.
     try:
-        inputs = {"mix": mix_rows, "reward_model": reward_dir, "eval_prompts": held_out}
+        inputs = {
+            "mix": mix_rows,
+            "reward_model": reward_dir,
+            "eval_prompts": held_out,
+            "judge": judge,
+            "db": db_path,  # where the judge stores its calls
+        }
         metrics = spec.train(
             rows,
             model_name,
             out_path,
             opts,
             callbacks=[started, *callbacks],
-            **{k: v for k, v in inputs.items() if k in spec.inputs},
+            **{k: v for k, v in inputs.items() if k in spec.inputs or (k == "db" and "judge" in spec.inputs)},
         )
     except BaseException as exc:
         if not started.began:
