@@ -13,13 +13,17 @@ Without --model a small random Llama-style model is built (no download): fine fo
 only a real model gives numbers worth quoting.
 
 For each concurrency C the same C chat prompts (rendered with the chat template) go
-- through `LocalBackend.complete` with C requests in flight (litellm, the batching engine, per-row
-  sampling and stopping: what `charter revise` does), and
+- through `LocalBackend.complete` with C requests in flight (the batching engine, per-row sampling
+  and stopping: what `charter revise` does),
+- with --via-litellm also through `litellm.acompletion(model="local/...")` into the same engine
+  (how `LocalBackend` called it before: litellm's per-call work included), and
 - through one `model.generate` call on the left-padded batch (greedy, or sampling with one batch-wide
   temperature/top_p under --sample), under `torch.inference_mode`.
 The two sides alternate `--repeats` times (the machine may be busy: interleaving keeps both sides
 under the same load), and the median of the per-pair ratios engine/generate is printed, with the
-load average. Tokens are completion tokens up to and including end-of-sequence, per row.
+load average. Tokens are completion tokens up to and including end-of-sequence, per row. The CPU
+ratio (process CPU seconds per token, all threads, generate/engine) is printed too: on a machine
+shared with other work it moves much less than wall time does.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from charter_transformers.backend import LocalBackend
 
 from charter.backends.base import CompletionRequest
+from charter.backends.litellm_backend import LiteLLMBackend
 
 QUESTIONS = [
     "How do I pick a strong password?",
@@ -121,7 +126,7 @@ def plain_generate(loaded: Any, count: int, args: argparse.Namespace) -> tuple[f
 
 
 async def engine_side(
-    backend: LocalBackend, model: str, count: int, args: argparse.Namespace
+    backend: LocalBackend, model: str, count: int, args: argparse.Namespace, *, via_litellm: bool = False
 ) -> tuple[float, int]:
     params: dict[str, Any] = {"max_tokens": args.new_tokens}
     params.update({"temperature": 1.0, "top_p": 0.95} if args.sample else {"temperature": 0})
@@ -129,8 +134,15 @@ async def engine_side(
         CompletionRequest(model=model, mode="chat", messages=chat(i), params={**params, "seed": i})
         for i in range(count)
     ]
+    from charter_transformers.engine import arriving
+
+    async def through_litellm(request: CompletionRequest) -> Any:
+        with arriving():  # as LocalBackend announced its requests before litellm
+            return await LiteLLMBackend.complete(backend, request)
+
+    call = through_litellm if via_litellm else backend.complete
     started = time.perf_counter()
-    results = await asyncio.gather(*(backend.complete(r) for r in requests))
+    results = await asyncio.gather(*(call(r) for r in requests))
     elapsed = time.perf_counter() - started
     return elapsed, sum(r.completion_tokens for r in results)
 
@@ -159,7 +171,9 @@ async def main(args: argparse.Namespace) -> None:
             model, device=args.device, batch_window_ms=args.window_ms, max_batch_size=max(args.concurrency)
         )
         loaded = get_model(path.as_posix(), device=args.device)
-        await engine_side(backend, model, 2, args)  # load and warm up both paths
+        await engine_side(backend, model, 2, args)  # load and warm up every path
+        if args.via_litellm:
+            await engine_side(backend, model, 2, args, via_litellm=True)
         plain_generate(loaded, 2, args)
         print(
             f"model {path.name}, device {loaded.device}, torch threads {torch.get_num_threads()}, "
@@ -167,21 +181,38 @@ async def main(args: argparse.Namespace) -> None:
         )
         print(f"load average before: {load_average()}")
         for count in args.concurrency:
-            ratios, engine_rates, plain_rates = [], [], []
+            ratios, engine_rates, plain_rates, cpu_ratios, litellm_ratios = [], [], [], [], []
             batches_before = loaded.engine.stats.batches
             for _ in range(args.repeats):
+                cpu = time.process_time()
                 te, ne = await engine_side(backend, model, count, args)
+                ce, cpu = time.process_time() - cpu, time.process_time()
                 tp, np_ = plain_generate(loaded, count, args)
+                cp = time.process_time() - cpu
+                cpu_ratios.append((cp / np_) / (ce / ne))
                 engine_rates.append(ne / te)
                 plain_rates.append(np_ / tp)
                 ratios.append((ne / te) / (np_ / tp))
+            runs = (loaded.engine.stats.batches - batches_before) / args.repeats
             print(
                 f"concurrency {count:3d}: engine {statistics.median(engine_rates):7.1f} tok/s, "
                 f"generate {statistics.median(plain_rates):7.1f} tok/s, "
                 f"ratio median {statistics.median(ratios):.2f}x "
                 f"(each pair: {' '.join(f'{r:.2f}' for r in ratios)}), "
-                f"engine batches per run {(loaded.engine.stats.batches - batches_before) / args.repeats:.1f}"
+                f"CPU ratio median {statistics.median(cpu_ratios):.2f}x, "
+                f"engine batches per run {runs:.1f}"
             )
+            # In pairs of their own, after the engine's: litellm keeps logging in background
+            # threads after a call returns, which would land in the next measurement.
+            for _ in range(args.repeats if args.via_litellm else 0):
+                tl, nl = await engine_side(backend, model, count, args, via_litellm=True)
+                tp, np_ = plain_generate(loaded, count, args)
+                litellm_ratios.append((nl / tl) / (np_ / tp))
+            if litellm_ratios:
+                print(
+                    f"    via litellm.acompletion: ratio median {statistics.median(litellm_ratios):.2f}x "
+                    f"(each pair: {' '.join(f'{r:.2f}' for r in litellm_ratios)})"
+                )
         print(f"load average after: {load_average()}")
 
 
@@ -199,6 +230,11 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--sample", action="store_true", help="sample (temperature 1, top_p 0.95) instead of greedy"
+    )
+    parser.add_argument(
+        "--via-litellm",
+        action="store_true",
+        help="also time the same requests through litellm.acompletion (the route LocalBackend took before)",
     )
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--device", default=None)

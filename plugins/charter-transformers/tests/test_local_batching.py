@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from charter_transformers.backend import LocalBackend
@@ -155,3 +156,40 @@ def get_engine_of(backend: LocalBackend):  # type: ignore[no-untyped-def]
     from charter_transformers.engine import get_engine
 
     return get_engine(get_model(backend.model_id))
+
+
+def test_greedy_engine_text_equals_plain_batched_generate(model_string: str, tiny_model: Path) -> None:
+    """What bench_vs_generate.py compares against: concurrent greedy chat requests give exactly
+    the text of one plain `model.generate` call on the left-padded batch of the same prompts."""
+    import torch
+
+    loaded = get_model(str(tiny_model))
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    reqs = [
+        CompletionRequest(
+            model=model_string, mode="chat", messages=c, params={"temperature": 0, "max_tokens": 12}
+        )
+        for c in chats
+    ]
+    engine_texts = [c.texts[0] for c in concurrent(LocalBackend(model_string, batch_window_ms=300), reqs)]
+
+    tokenizer = loaded.tokenizer
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **batch,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=loaded.pad_token_id,
+            eos_token_id=sorted(loaded.eos_token_ids),
+        )
+    rows = out[:, batch["input_ids"].shape[1] :]
+    plain_texts = [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+    assert engine_texts == plain_texts
+    assert any(plain_texts)  # the comparison is about real text, not empty strings

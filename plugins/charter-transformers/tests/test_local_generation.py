@@ -166,3 +166,28 @@ def test_litellm_sync_text_completion(model_string: str) -> None:
     assert response.choices[0].text is not None
     assert response.choices[0].logprobs is not None
     assert response.usage.completion_tokens > 0
+
+
+def test_backend_answers_without_litellm_per_call_work(
+    model_string: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LocalBackend calls the provider itself: litellm's per-call logging and price lookups cost
+    more than a small model's forward pass (bench_vs_generate.py --via-litellm shows it)."""
+    from charter.backends.litellm_backend import import_litellm
+
+    litellm = import_litellm()
+    request = completion(model_string, max_tokens=5, temperature=0)
+    via_litellm = asyncio.run(
+        litellm.atext_completion(model=model_string, prompt=request.prompt, max_tokens=5, temperature=0)
+    )
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("LocalBackend went through litellm")
+
+    monkeypatch.setattr(litellm, "acompletion", refuse)
+    monkeypatch.setattr(litellm, "atext_completion", refuse)
+    direct = complete(model_string, request)
+    again = complete(model_string, chat(model_string, max_tokens=5, temperature=0))
+    assert direct.texts == [via_litellm.choices[0].text]
+    assert direct.completion_tokens == via_litellm.usage.completion_tokens > 0
+    assert again.finish_reasons[0] in {"stop", "length"} and again.prompt_tokens > 0

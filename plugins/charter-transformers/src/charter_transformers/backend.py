@@ -1,13 +1,14 @@
 """`LocalBackend`: a LiteLLM backend for `local/<path-or-hub-id>` plus exact option scoring.
 
-Generation goes through litellm (`acompletion` / `atext_completion` with the `local/` model string,
-served by `charter_transformers.provider`), so usage, logging and parsing are those of every other
-backend. `score_options` talks to the batching engine directly: it has no litellm equivalent.
+Generation calls the provider behind litellm's `local/` model strings (`charter_transformers.provider`)
+directly and parses its litellm-shaped answer like every other backend's; `litellm.acompletion(
+model="local/...")` reaches the same code. `score_options` talks to the batching engine directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from charter.backends.base import BackendError, Completion, CompletionRequest
@@ -62,25 +63,29 @@ class LocalBackend(LiteLLMBackend):
         register_provider(import_litellm())
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        """Generate through litellm; a `BackendError` from the model comes back as it was raised."""
-        from charter_transformers.provider import raised_errors
+        """Generate with the in-process model; errors come back as the `BackendError` raised.
+
+        The request goes straight to the provider's `respond` (what litellm's `acompletion` would
+        call) and its answer through the same parsing as every litellm response: litellm's own
+        per-call work (logging, a price-table lookup per response) costs more than a forward
+        pass of a small model, and every request of a batch waits for it.
+        """
+        from charter_transformers.engine import arriving
+        from charter_transformers.provider import respond
 
         params = {**self.defaults, **request.params}
         # Later score_options calls follow the device/dtype the requests asked for.
         self.defaults.update({k: params[k] for k in ("device", "dtype") if params.get(k) is not None})
-        request = request.model_copy(update={"params": params, "model": self.model})
-        from charter_transformers.engine import arriving
-
-        errors = raised_errors()
-        try:
-            with arriving():  # a batch forming now waits for this request (see engine._collect)
-                return await super().complete(request)
-        except BackendError as exc:
-            # litellm rewraps provider errors as a retryable APIConnectionError with a prefixed
-            # message; the original says exactly what is wrong and whether retrying can help.
-            if errors:
-                raise errors[-1] from None
-            raise exc
+        if request.n != 1:
+            params["n"] = request.n
+        text_mode = request.mode != "chat"
+        messages = (
+            [{"role": "user", "content": request.prompt}] if text_mode else list(request.messages or [])
+        )
+        started = time.perf_counter()
+        with arriving():  # a batch forming now waits for this request (see engine._collect)
+            response = await respond(self.model_id, messages, params, text_mode)
+        return self._parse(request, response, (time.perf_counter() - started) * 1000)
 
     async def score_options(self, prompt: str, options: list[str]) -> list[float]:
         """log p(option | prompt) for each option (summed over the option's tokens), exactly.

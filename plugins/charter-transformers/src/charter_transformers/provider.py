@@ -304,6 +304,25 @@ def _backend_errors(model: str) -> Iterator[None]:
         raise _record(BackendError(message, retryable=False)) from exc
 
 
+async def respond(
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    text_mode: bool,
+    model_response: ModelResponse | None = None,
+) -> ModelResponse | TextCompletionResponse:
+    """Generate for one request without blocking the loop and shape the answer as litellm would.
+
+    Loading and tokenizing run in a thread, generation in the batching engine's worker thread. In
+    text mode `messages` is the one user message holding the prompt (as litellm wraps it).
+    `LocalBackend` calls this directly; litellm's `acompletion` through the provider ends here too.
+    """
+    with _backend_errors(model):
+        plan = await asyncio.to_thread(_plan, model, messages, params, text_mode)
+        result = await plan.engine.generate(plan.job)
+    return _shape(plan, result, messages, model_response if model_response is not None else ModelResponse())
+
+
 class LocalProvider(CustomLLM):
     """litellm's view of in-process Hugging Face models (registered as provider `local`)."""
 
@@ -355,10 +374,7 @@ class LocalProvider(CustomLLM):
         """Generation without blocking the loop: loading and tokenizing in a thread, then the
         batching engine's worker thread."""
         text_mode = bool((litellm_params or {}).get("text_completion"))
-        with _backend_errors(model):
-            plan = await asyncio.to_thread(_plan, model, messages, dict(optional_params), text_mode)
-            result = await plan.engine.generate(plan.job)
-        return _shape(plan, result, messages, model_response)
+        return await respond(model, messages, dict(optional_params), text_mode, model_response)
 
     def streaming(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         raise _record(BackendError("local models do not stream; call without stream=True", retryable=False))
