@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,31 @@ from charter_testing.fake_openai import FakeOpenAIServer, default_responder
 # charter_testkit sets the test environment (offline, local cost map, a test key) on import, before
 # anything imports litellm.
 from charter_testkit import CliResult, run_cli, write_prompts
+
+
+# --------------------------------------------------------------------------- litellm's global state
+@pytest.fixture(autouse=True)
+def _litellm_price_table_as_shipped() -> Iterator[None]:
+    """LiteLLM's Router registers its deployments' models (`openai/test`, at no cost) in the
+    process-wide price table: later tests in this process would see a price where a fresh process
+    (every user's run) has none. Each test leaves the table as litellm ships it."""
+    yield
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return
+    from charter.backends.pricing import price_table
+
+    shipped = price_table()
+    added = [name for name in litellm.model_cost if name not in shipped]
+    for name in added:
+        del litellm.model_cost[name]
+    utils = sys.modules.get("litellm.utils")
+    if added and utils is not None:
+        # Model info looked up while the entry was there is memoized (litellm 1.8x).
+        for cached in ("_cached_get_model_info", "_cached_get_model_info_helper"):
+            clear = getattr(getattr(utils, cached, None), "cache_clear", None)
+            if clear is not None:
+                clear()
 
 
 # --------------------------------------------------------------------------- the in-process fake backend

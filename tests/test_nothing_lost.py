@@ -123,8 +123,10 @@ def test_disk_full_is_one_line_exit_1_and_keeps_what_finished(cli, server, tmp_p
         tmp_path / "p.jsonl", [f"Red-team prompt {i}? " + "x" * 300 for i in range(total)]
     )
     db = tmp_path / "full.duckdb"
-    args = revise_args(prompts, db, server, "--rounds", "1")
-    server.latency_s = 0.01
+    # Paced (4 at a time, 50 ms each) so the first commits (about one a second) are small and fit
+    # under the limit: what finished before the failed write must be there to keep.
+    args = revise_args(prompts, db, server, "--rounds", "1", "--concurrency", "4")
+    server.latency_s = 0.05
     proc = subprocess.run(
         [sys.executable, "-m", "charter", *map(str, args)],
         env=subprocess_env(CHARTER_PROGRESS_SECONDS="0"),

@@ -71,7 +71,7 @@ def test_kill_9_mid_run_then_the_same_command_resumes_without_duplicates(cli, se
     prompts = write_prompts(tmp_path / "p.jsonl", [f"Red-team prompt number {i}?" for i in range(total)])
     db = tmp_path / "killed.duckdb"
     args = revise_args(prompts, db, server, "--rounds", "1", "--concurrency", "1")
-    server.latency_s = 0.02
+    server.latency_s = 0.1  # 36 calls one at a time: several seconds, several commits
     proc = subprocess.Popen(
         [sys.executable, "-m", "charter", *map(str, args)],
         env=subprocess_env(),
@@ -81,9 +81,16 @@ def test_kill_9_mid_run_then_the_same_command_resumes_without_duplicates(cli, se
         text=True,
     )
     try:
-        # Each prompt is 3 requests; commits happen about once a second. Kill well after the first.
-        deadline = time.monotonic() + 60
-        while server.request_count < 3 * 5 and proc.poll() is None and time.monotonic() < deadline:
+        # Each prompt is 3 requests; commits happen about once a second. Kill after 5 prompts were
+        # asked and a commit reached the file (DuckDB appends it to DB.wal): not on a timer, which
+        # a fast run outpaces and a loaded machine lags.
+        wal = db.with_name(db.name + ".wal")
+
+        def committed_and_asked() -> bool:
+            return server.request_count >= 3 * 5 and wal.exists() and wal.stat().st_size > 0
+
+        deadline = time.monotonic() + 120
+        while not committed_and_asked() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, (
             f"the run ended before it could be killed: {proc.stderr.read() if proc.stderr else ''}"

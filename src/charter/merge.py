@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charter.shard import Shard
 from charter.store.store import Store, StoreError, check_db_path
 
-__all__ = ["MergeSummary", "Shard", "merge_databases"]  # Shard lives in charter.shard; kept here for imports
+__all__ = ["MergeSummary", "merge_databases"]
 
 # How to combine the status of two runs with the same name: the least finished one wins.
 _STATUS_RANK = {"done": 0, "running": 1, "interrupted": 2, "failed": 3}

@@ -48,8 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from charter.config import CallConfig, TaskConfig, describe_error
 from charter.errors import error_msg, line_of, loc_str
 from charter.session import RunSummary
-from charter.shard import run_task
 from charter.tasks import LABEL, REVISE, SAMPLE, Task
+from charter.tasks.base import run_task
 
 
 class PipelineError(ValueError):

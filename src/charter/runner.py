@@ -14,7 +14,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -269,7 +269,7 @@ async def bounded_map(
     items: Iterable[T],
     worker: Callable[[T], Awaitable[R]],
     max_in_flight: int,
-) -> AsyncIterator[tuple[T, R | BaseException]]:
+) -> AsyncGenerator[tuple[T, R | BaseException], None]:
     """Run `worker` over `items` with at most `max_in_flight` at once, pulling items lazily.
 
     Yields (item, result or exception) as each finishes. Items are read from the iterable only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -256,20 +257,24 @@ async def _drive(
     with_sigterm = _add_signal_handler(loop, signal.SIGTERM, on_sigterm)
     ticker = asyncio.ensure_future(bar.tick()) if bar.line_seconds else None
     try:
-        with bar:
-            async for state, result in bounded_map(items, work, in_flight):
-                if isinstance(result, BaseException):
-                    if not isinstance(result, CallFailed):
-                        raise result
-                    summary.failed += 1
-                    if len(summary.errors) < 20:
-                        summary.errors.append(f"{item_id(state)}: {result}")
-                else:
-                    for table, table_rows in rows(run_id, result).items():
-                        store.add_rows(table, table_rows)
-                    summary.completed += 1
-                store.maybe_flush()
-                bar.advance()
+        # aclosing: on an error (a failed write) the calls still in flight are cancelled here, before
+        # the clients close below, not later by the loop's shutdown (by then one may have opened a
+        # new client that nobody closes).
+        async with contextlib.aclosing(bounded_map(items, work, in_flight)) as results:
+            with bar:
+                async for state, result in results:
+                    if isinstance(result, BaseException):
+                        if not isinstance(result, CallFailed):
+                            raise result
+                        summary.failed += 1
+                        if len(summary.errors) < 20:
+                            summary.errors.append(f"{item_id(state)}: {result}")
+                    else:
+                        for table, table_rows in rows(run_id, result).items():
+                            store.add_rows(table, table_rows)
+                        summary.completed += 1
+                    store.maybe_flush()
+                    bar.advance()
     finally:
         if ticker is not None:
             ticker.cancel()

@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from charter.config import TaskConfig
     from charter.session import RunSummary
-    from charter.tasks.base import Task
 
 # The Kubernetes Job's `completions`, which the pod's environment does not carry by itself.
 COUNT_ENV = "CHARTER_SHARD_COUNT"
@@ -302,24 +299,3 @@ def combine_summaries(summaries: list[RunSummary]) -> RunSummary:
         else:
             values[f.name] = items[0]
     return type(first)(**values)
-
-
-# --------------------------------------------------------------------------- tasks
-def run_task(task: Task, config: TaskConfig, *, progress: bool) -> RunSummary:
-    """Run `config` in this process, or every one of its shards on `config.executor` (merged into
-    `config.db`, one summary) when `--executor` is given."""
-    if config.executor is None:
-        return cast("RunSummary", task.run(config, progress=progress))
-    if getattr(config, "prompts", None) == "-":
-        raise ValueError("--executor: the shards cannot read stdin (-); give the prompts as a file")
-    # The shards' bars would interleave in the executor's log: no progress inside them.
-    job = functools.partial(_run_one_shard, task.name, config)
-    return run_sharded(job, db=config.db, executor=config.executor, shards=config.shards)
-
-
-def _run_one_shard(task_name: str, config: TaskConfig, *, db: Path, shard: Shard) -> RunSummary:
-    """One shard of `config` into `db` (what an executor runs on a worker: module-level, picklable)."""
-    from charter.tasks import get_task
-
-    part = config.model_copy(update={"db": db, "shard": str(shard), "executor": None, "shards": None})
-    return cast("RunSummary", get_task(task_name).run(part))

@@ -311,6 +311,30 @@ class APIStatusError(Exception):
         self.headers = headers
 
 
+# The openai client's exception class per status: `calls.error` starts with the class name
+# ("RateLimitError: Error code: 429 - ..."), and users grep for it, whichever transport answered.
+_SDK_NAMES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+_STATUS_ERRORS: dict[str, type[APIStatusError]] = {}
+
+
+def status_error(status_code: int, body: Any, headers: Any) -> APIStatusError:
+    """The lean transport's error for an HTTP error answer, named as the openai client names it."""
+    name = _SDK_NAMES.get(status_code, "InternalServerError" if status_code >= 500 else "APIStatusError")
+    cls = _STATUS_ERRORS.get(name)
+    if cls is None:
+        cls = APIStatusError if name == "APIStatusError" else type(name, (APIStatusError,), {})
+        _STATUS_ERRORS[name] = cls
+    return cls(status_code, body, headers)
+
+
 async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
     """POST `body` as JSON and decode the answer: aiohttp and json only, about a third of the
     openai client's CPU per call (no request-options objects, no response wrappers)."""
@@ -326,7 +350,7 @@ async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
         # The openai client unwraps OpenAI's {"error": {...}} to its inner object.
         if isinstance(said, dict) and isinstance(said.get("error"), dict):
             said = said["error"]
-        raise APIStatusError(status, said, headers)
+        raise status_error(status, said, headers)
     return json.loads(raw)
 
 

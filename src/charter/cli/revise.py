@@ -9,7 +9,7 @@ import typer
 
 from charter.cli import common
 from charter.cli.derive import task_command
-from charter.shard import run_task
+from charter.tasks.base import run_task
 from charter.tasks.revise import REVISE, ReviseConfig
 
 if TYPE_CHECKING:  # the session imports the runner and DuckDB: not for `charter --help`

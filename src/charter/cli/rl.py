@@ -10,7 +10,7 @@ import typer
 from charter.cli import common
 from charter.cli.derive import task_command
 from charter.cli.revise import print_summary
-from charter.shard import run_task
+from charter.tasks.base import run_task
 from charter.tasks.label import LABEL, LabelConfig
 from charter.tasks.sample import SAMPLE, SampleConfig
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from charter.config import TaskConfig
+
+if TYPE_CHECKING:
+    from charter.session import RunSummary
 
 # The call options every command lists last, in this order (`--param` ... `--prompts-dir`).
 CALL_OPTIONS = ("params", "concurrency", "max_retries", "rpm", "batch", "prompts_dir")
@@ -86,3 +91,25 @@ class Task:
             raise TypeError(f"{self.name}: expected a {self.config.__name__}, got {type(config).__name__}")
         module, _, function = self.runner.partition(":")
         return getattr(importlib.import_module(module), function)(config, **runtime)
+
+
+def run_task(task: Task, config: TaskConfig, *, progress: bool) -> RunSummary:
+    """Run `config` in this process, or every one of its shards on `config.executor` (merged into
+    `config.db`, one summary) when `--executor` is given."""
+    if config.executor is None:
+        return cast("RunSummary", task.run(config, progress=progress))
+    if getattr(config, "prompts", None) == "-":
+        raise ValueError("--executor: the shards cannot read stdin (-); give the prompts as a file")
+    # The shards' bars would interleave in the executor's log: no progress inside them.
+    from charter.shard import run_sharded
+
+    job = functools.partial(_run_one_shard, task.name, config)
+    return run_sharded(job, db=config.db, executor=config.executor, shards=config.shards)
+
+
+def _run_one_shard(task_name: str, config: TaskConfig, *, db: Path, shard: object) -> RunSummary:
+    """One shard of `config` into `db` (what an executor runs on a worker: module-level, picklable)."""
+    from charter.tasks import get_task
+
+    part = config.model_copy(update={"db": db, "shard": str(shard), "executor": None, "shards": None})
+    return cast("RunSummary", get_task(task_name).run(part))
