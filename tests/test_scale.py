@@ -17,8 +17,9 @@ from charter.backends.base import BackendError, CompletionRequest
 from charter.backends.litellm_backend import LiteLLMBackend
 from charter.backends.openai_fast import OpenAIFastBackend, fast_path_enabled
 from charter.backends.registry import get_backend
-from charter.merge import Shard, merge_databases
+from charter.merge import merge_databases
 from charter.runner import RunnerOptions
+from charter.shard import Shard
 from charter.sl import revise
 from charter.store.store import Store
 
