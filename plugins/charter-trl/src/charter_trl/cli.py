@@ -248,28 +248,36 @@ NumGenerationsOpt = typer.Option(
 )
 
 
-def _judge(judge_model: str | None, **settings: Any) -> Any:
-    """JudgeSettings from a command's judge options (None without --judge-model)."""
-    if judge_model is None:
+# The judge's options as a command spells them -> JudgeSettings' fields; `seed` stays the command's
+# too (the trainer's seed and the judge's principle draws are one --seed).
+_JUDGE_FIELDS = {
+    "api_base": "api_base",
+    "judge_param": "params",
+    "constitution": "constitution",
+    "concurrency": "concurrency",
+    "max_retries": "max_retries",
+    "judge_method": "method",
+    "judge_swap": "swap",
+    "judge_run": "run_name",
+}
+
+
+def _judge(values: dict[str, Any]) -> Any:
+    """Take the judge options out of a command's `values`: JudgeSettings, or None without
+    --judge-model."""
+    model = values.pop("judge_model")
+    settings = {field: values.pop(option) for option, field in _JUDGE_FIELDS.items()}
+    if model is None:
         return None
     from charter_trl.judge import JudgeSettings
 
-    settings["params"] = common.parse_params(settings.pop("judge_param"))
-    return JudgeSettings(model=judge_model, **settings)
+    settings["params"] = common.parse_params(settings["params"])
+    return JudgeSettings(model=model, seed=values["seed"], **settings)
 
 
 def _online(kind: str, values: dict[str, Any]) -> None:
     """`charter train grpo|rloo`: the judge options become one JudgeSettings."""
-    judge_keys = ("api_base", "judge_param", "constitution", "seed", "concurrency", "max_retries")
-    judge = _judge(
-        values.pop("judge_model"),
-        **{k: values[k] for k in judge_keys},
-        method=values.pop("judge_method"),
-        swap=values.pop("judge_swap"),
-        run_name=values.pop("judge_run"),
-    )
-    for key in ("api_base", "judge_param", "constitution", "concurrency", "max_retries"):
-        values.pop(key)
+    judge = _judge(values)
     _train(kind, judge=judge, **values)
 
 
@@ -340,21 +348,10 @@ def serve_reward_cmd(
     port: int = typer.Option(5000, "--port", min=0, max=65535, help="Port to listen on (0: any free one)."),
 ) -> None:
     """Serve rewards over HTTP in the shape of OpenRLHF's remote reward model (--remote_rm_url)."""
+    judge = _judge(dict(locals()))
     _env()
     from charter_trl.serve_reward import serve
 
-    judge = _judge(
-        judge_model,
-        api_base=api_base,
-        judge_param=judge_param,
-        constitution=constitution,
-        seed=seed,
-        concurrency=concurrency,
-        max_retries=max_retries,
-        method=judge_method,
-        swap=judge_swap,
-        run_name=judge_run,
-    )
     serve(reward_model=reward_model, judge=judge, db=db, host=host, port=port, echo=typer.echo)
 
 

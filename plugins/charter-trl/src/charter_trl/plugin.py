@@ -101,9 +101,8 @@ def trainer_specs() -> list[TrainerSpec]:
         SFTOptions,
     )
 
-    # Online RL: prompts in, rewarded by a reward model (--reward-model) or the judge (--judge-model).
-    online = frozenset({"reward_model", "judge", "eval_prompts"})
-    online_highlights = ("mean_reward_before", "mean_reward_after", "final_reward")
+    # Online RL (grpo, rloo): prompts in, rewarded by a reward model (--reward-model) or the judge
+    # (--judge-model).
 
     return [
         TrainerSpec(
@@ -149,27 +148,22 @@ def trainer_specs() -> list[TrainerSpec]:
             command=cli.dpo_cmd,
             library_config=_lazy("trl", "DPOConfig"),
         ),
-        TrainerSpec(
-            "grpo",
-            GRPOOptions,
-            "prompts",
-            _train_online("grpo"),
-            help="Online RL-CAI: GRPO, rewarded by the reward model or the judge",
-            highlights=online_highlights,
-            inputs=online,
-            command=cli.grpo_cmd,
-            library_config=_lazy("trl", "GRPOConfig"),
-        ),
-        TrainerSpec(
-            "rloo",
-            RLOOOptions,
-            "prompts",
-            _train_online("rloo"),
-            help="Online RL-CAI: RLOO, rewarded by the reward model or the judge",
-            highlights=online_highlights,
-            inputs=online,
-            command=cli.rloo_cmd,
-            library_config=_lazy("trl", "RLOOConfig"),
+        *(
+            TrainerSpec(
+                kind,
+                options,
+                "prompts",
+                _train_online(kind),
+                help=f"Online RL-CAI: {kind.upper()}, rewarded by the reward model or the judge",
+                highlights=("mean_reward_before", "mean_reward_after", "final_reward"),
+                inputs=frozenset({"reward_model", "judge", "eval_prompts"}),
+                command=command,
+                library_config=_lazy("trl", config),
+            )
+            for kind, options, command, config in (
+                ("grpo", GRPOOptions, cli.grpo_cmd, "GRPOConfig"),
+                ("rloo", RLOOOptions, cli.rloo_cmd, "RLOOConfig"),
+            )
         ),
     ]
 
