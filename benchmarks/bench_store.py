@@ -5,7 +5,7 @@
 Rows look like what the runner writes per call (a request JSON of a few hundred bytes, a response,
 token counts, latency). Each flush is one transaction, as in a run. Prints rows/s for a fresh file
 and for appending to a file that already holds the same number of rows (index maintenance grows
-with the table), plus the same for `revisions`-shaped rows.
+with the table), plus the same for `revisions`-shaped rows. The target is 50k `calls` rows/s in both.
 """
 
 from __future__ import annotations
@@ -77,17 +77,24 @@ def _cpu() -> float:
 
 
 def measure(path: Path, table: str, make, rows: int, batch: int) -> tuple[float, float]:
-    """(rows/s, CPU us/row) of add_rows + flush (row building excluded), `batch` rows per transaction."""
-    with Store(path, flush_rows=10**9, flush_seconds=10**9) as store:
-        run_id, _ = store.start_run(f"bench-{uuid.uuid4().hex[:6]}", "bench", {})
-        spent = cpu = 0.0
-        for start in range(0, rows, batch):
-            chunk = [make(i, run_id) for i in range(start, min(rows, start + batch))]
-            t, c = time.perf_counter(), _cpu()
-            store.add_rows(table, chunk)
-            store.flush()
-            spent += time.perf_counter() - t
-            cpu += _cpu() - c
+    """(rows/s, CPU us/row) of add_rows + flush, `batch` rows per transaction, and the close.
+
+    Row building is excluded; closing the store (DuckDB's last checkpoint) is counted.
+    """
+    store = Store(path, flush_rows=10**9, flush_seconds=10**9)
+    run_id, _ = store.start_run(f"bench-{uuid.uuid4().hex[:6]}", "bench", {})
+    spent = cpu = 0.0
+    for start in range(0, rows, batch):
+        chunk = [make(i, run_id) for i in range(start, min(rows, start + batch))]
+        t, c = time.perf_counter(), _cpu()
+        store.add_rows(table, chunk)
+        store.flush()
+        spent += time.perf_counter() - t
+        cpu += _cpu() - c
+    t, c = time.perf_counter(), _cpu()
+    store.close()
+    spent += time.perf_counter() - t
+    cpu += _cpu() - c
     return rows / spent, 1e6 * cpu / rows
 
 

@@ -179,3 +179,43 @@ def test_secrets_never_reach_the_database(cli, server, prompts_file, tmp_path, m
     for path in tmp_path.iterdir():
         if path.name.startswith(db.name):
             assert b"SECRET" not in path.read_bytes(), f"a secret is in the bytes of {path.name}"
+
+
+def test_rows_keep_their_json_lists_and_numbers_as_given(tmp_path):
+    """What a writer hands the store comes back as written: a dict for a JSON column as JSON (not
+    Python's repr), equal-length lists as lists (not a 2-D array), big token counts, NULLs."""
+    db = tmp_path / "cai.duckdb"
+    with Store(db) as store:
+        run_id, _ = store.start_run("rows", "test", {})
+        base = {"run_id": run_id, "step": "respond", "model": "m", "request": "{}", "attempts": 1}
+        store.add_rows(
+            "calls",
+            [
+                {
+                    **base,
+                    "call_id": "a",
+                    "cache_key": "k1",
+                    "logprobs": {"top": [["A", -0.5]]},
+                    "prompt_tokens": 2**40,
+                },
+                {**base, "call_id": "b", "cache_key": "k2", "responses": ["x", "y"], "latency_ms": 1.25},
+            ],
+        )
+        label = {"run_id": run_id, "model": "m", "method": "logprobs", "principle": "p", "status": "ok"}
+        store.add_rows(
+            "pair_labels",
+            [
+                {**label, "pair_id": "p1", "call_ids": ["a", "b"]},
+                {**label, "pair_id": "p2", "call_ids": ["b", "a"]},
+            ],
+        )
+    con = duckdb.connect(str(db), read_only=True)
+    calls = con.execute(
+        "SELECT call_id, logprobs->'$.top[0][1]', responses->>'$[1]', prompt_tokens, latency_ms, error "
+        "FROM calls ORDER BY call_id"
+    ).fetchall()
+    assert calls == [("a", "-0.5", None, 2**40, None, None), ("b", None, "y", None, 1.25, None)]
+    assert con.execute("SELECT call_ids FROM pair_labels ORDER BY pair_id").fetchall() == [
+        (["a", "b"],),
+        (["b", "a"],),
+    ]

@@ -1,7 +1,7 @@
 """`Store`: the one place that writes to DuckDB.
 
-Writes are buffered per table and flushed together in one transaction as Arrow tables (DuckDB's
-`executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
+Writes are buffered per table and flushed together in one transaction as columns of NumPy object
+arrays that DuckDB scans directly (`executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
 example, and the calls they reference) are flushed atomically, so a crash leaves whole prompts or
 nothing, and the same command resumes where it stopped.
 
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from charter.backends.base import Completion, TokenLogprob
@@ -128,6 +129,12 @@ def _lock_holder(exc: BaseException) -> str | None:
 
 def _is_lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+# DuckDB checkpoints when its WAL passes 16 MB by default, and each checkpoint writes the whole
+# `calls` index again: at 200k rows that halved the write rate. 64 MB keeps `calls` above 50k rows/s
+# (benchmarks/bench_store.py) and still bounds the WAL a crashed run replays on its next open.
+_WRITER_CONFIG: dict[str, Any] = {"checkpoint_threshold": "64MB"}
 
 
 def _connect(
@@ -270,16 +277,17 @@ def completion_from_row(
     )
 
 
-_ARROW_TYPES: dict[str, pa.DataType] = {"VARCHAR": pa.string(), "JSON": pa.string(), "BOOLEAN": pa.bool_()}
+def _column(values: list[Any], json_column: bool) -> np.ndarray[Any, Any]:
+    """One column of a batch as a NumPy object array, which DuckDB scans without help.
 
-
-def _arrow_column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
-    if arrow_type is not None:
-        try:
-            return pa.array(values, type=arrow_type)
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
-            pass  # e.g. a dict given for a JSON column: let Arrow infer, DuckDB casts as before
-    return values
+    Not Arrow: pyarrow's first `pa.array` imports pandas (0.4 s of CPU, mid-run), and building the
+    arrays cost more than DuckDB's own conversion. A JSON column given a dict or list gets its JSON
+    text (DuckDB would otherwise store the Python repr).
+    """
+    if json_column:
+        values = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
+    # fromiter keeps each list as one element, where np.array would build a 2-D array.
+    return np.fromiter(values, dtype=object, count=len(values))
 
 
 def _key_prefix(cache_key: str) -> int:
@@ -360,7 +368,7 @@ class Store:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._columns: dict[str, list[str]] = {}
-        self._arrow_types: dict[str, dict[str, pa.DataType]] = {}
+        self._json_columns: dict[str, set[str]] = {}
         self._readers = 0  # processes reading the file right now (we let go of it for them)
         self._wanted = False  # we wait for the file: new readers wait for us
         self._pinned = False  # someone holds `con` itself: we cannot let go
@@ -376,7 +384,7 @@ class Store:
         self._journal: Journal | None = None
         self._server: ReleaseServer | None = None
         try:
-            self._con = _connect(self.path, read_only=False)
+            self._con = _connect(self.path, read_only=False, config=_WRITER_CONFIG)
             self.migrate()
             if journal and on_disk:
                 self._journal = Journal(self.path)
@@ -465,7 +473,7 @@ class Store:
                 while True:
                     if not self._readers:
                         try:
-                            self._con = duckdb.connect(str(self.path))
+                            self._con = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
                             return self._con
                         except duckdb.IOException as exc:
                             if not _is_lock_conflict(exc):
@@ -637,7 +645,7 @@ class Store:
                 self.flush()
 
     def flush(self) -> None:
-        """Write every buffered row in one transaction (Arrow inserts; duplicates are ignored).
+        """Write every buffered row in one transaction (column inserts; duplicates are ignored).
 
         Raises `StoreWriteError` when the file cannot be written; the rows stay buffered (and in the
         journal), so nothing finished is lost and a later flush or the next run writes them.
@@ -681,7 +689,7 @@ class Store:
             for table in sorted(pending, key=lambda t: t != "calls"):
                 rows = pending[table]
                 if rows:
-                    self._insert_arrow(table, rows)
+                    self._insert_batch(table, rows)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
@@ -724,7 +732,7 @@ class Store:
         def failure(lo: int, hi: int) -> str | None:
             con.execute("BEGIN")
             try:
-                self._insert_arrow(table, rows[lo:hi])
+                self._insert_batch(table, rows[lo:hi])
                 return None
             except StoreError:
                 raise
@@ -763,22 +771,18 @@ class Store:
             if not cols:
                 raise StoreError(f"no table named {table!r}")
             self._columns[table] = [c[0] for c in cols]
-            # Text and boolean columns are built with their Arrow type given (3x faster than letting
-            # Arrow infer it); numbers keep inference so a float is never silently truncated.
-            self._arrow_types[table] = {
-                c[0]: _ARROW_TYPES[str(c[1]).upper()] for c in cols if str(c[1]).upper() in _ARROW_TYPES
-            }
+            self._json_columns[table] = {c[0] for c in cols if str(c[1]).upper() == "JSON"}
         return self._columns[table]
 
-    def _insert_arrow(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _insert_batch(self, table: str, rows: list[dict[str, Any]]) -> None:
         known = self._table_columns(table)
         present: set[str] = set().union(*(r.keys() for r in rows))
         names = [c for c in known if c in present]
         unknown = present - set(known)
         if unknown:
             raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
-        types = self._arrow_types.get(table, {})
-        batch = pa.table({c: _arrow_column([r.get(c) for r in rows], types.get(c)) for c in names})  # noqa: F841
+        json_columns = self._json_columns.get(table, set())
+        batch = {c: _column([r.get(c) for r in rows], c in json_columns) for c in names}  # noqa: F841
         self._connection().execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
 
     # -- reads -------------------------------------------------------------------------------
