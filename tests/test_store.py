@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -219,3 +220,36 @@ def test_rows_keep_their_json_lists_and_numbers_as_given(tmp_path):
         (["a", "b"],),
         (["b", "a"],),
     ]
+
+
+def test_each_reader_sees_every_call_finished_before_it_asked(tmp_path):
+    """A second `charter sql` while the run is between timed flushes: the rows finished since the
+    first reader are written for it, not left in the writer's buffer."""
+    db = tmp_path / "cai.duckdb"
+
+    def calls_seen_by_another_process() -> int:
+        result = run_charter("sql", db, "SELECT count(*) AS n FROM calls", "--format", "json")
+        assert result.code == 0, result.stderr
+        return json.loads(result.stdout)[0]["n"]
+
+    with Store(db, flush_seconds=3600) as store:
+        run_id, _ = store.start_run("live", "test", {})
+
+        def finish(call_id: str) -> None:
+            store.add_call(
+                {
+                    "call_id": call_id,
+                    "run_id": run_id,
+                    "step": "respond",
+                    "model": "m",
+                    "cache_key": call_id,
+                    "request": "{}",
+                    "attempts": 1,
+                }
+            )
+
+        finish("a")
+        assert calls_seen_by_another_process() == 1
+        finish("b")
+        finish("c")  # the next timed flush is an hour away
+        assert calls_seen_by_another_process() == 3

@@ -39,7 +39,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from charter.backends.base import Completion, TokenLogprob
 from charter.store.journal import Journal
@@ -370,6 +369,7 @@ class Store:
         self._columns: dict[str, list[str]] = {}
         self._json_columns: dict[str, set[str]] = {}
         self._readers = 0  # processes reading the file right now (we let go of it for them)
+        self._closing = False
         self._wanted = False  # we wait for the file: new readers wait for us
         self._pinned = False  # someone holds `con` itself: we cannot let go
         #: Rows the database refused at a flush, as "table: error" (their items are redone on resume).
@@ -434,6 +434,8 @@ class Store:
             self._shutdown(keep_journal=bool(self._pending_count))
 
     def _shutdown(self, *, keep_journal: bool) -> None:
+        with self._lock:
+            self._closing = True  # a reader finishing now must not reopen the file
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -510,6 +512,11 @@ class Store:
     def _reader_done(self) -> None:
         with self._cond:
             self._readers -= 1
+            if not self._readers and self._con is None and not self._closing:
+                # Take the file back now: while we do not hold it, the next reader opens it without
+                # asking us, and sees none of the rows finished since this one came.
+                with contextlib.suppress(duckdb.Error):
+                    self._con = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
             self._cond.notify_all()
 
     # -- runs --------------------------------------------------------------------------------
@@ -582,13 +589,10 @@ class Store:
     # -- the request cache -------------------------------------------------------------------
     def _load_known_keys(self) -> set[int]:
         keys: set[int] = set()
-        reader = (
-            self._connection()
-            .sql("SELECT DISTINCT cache_key FROM calls WHERE error IS NULL")
-            .to_arrow_reader(100_000)
-        )
-        for batch in reader:
-            keys.update(_key_prefix(k) for k in batch.column(0).to_pylist())
+        # In batches, as plain tuples: an Arrow reader would import pyarrow (40 ms) for this alone.
+        cursor = self._connection().execute("SELECT DISTINCT cache_key FROM calls WHERE error IS NULL")
+        while rows := cursor.fetchmany(100_000):
+            keys.update(_key_prefix(row[0]) for row in rows)
         return keys
 
     def cache_get(self, cache_key: str) -> CachedCall | None:
@@ -808,6 +812,9 @@ class Store:
         The result is spilled to a temporary Arrow file first and streamed from there, so no cursor
         keeps the database open while the rows are consumed (readers may come in meanwhile).
         """
+        import pyarrow as pa  # here: no other use of the store needs it (40 ms of import)
+        import pyarrow.ipc
+
         spill = Path(tempfile.mkdtemp(prefix="charter-rows-"))
         try:
             path = spill / "rows.arrow"
