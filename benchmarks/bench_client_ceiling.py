@@ -12,7 +12,9 @@ start to its exit, imports and all, as a user's command would:
 - `litellm`: a plain `litellm.acompletion(model="openai/bench", api_base=...)` loop.
 - `distilabel`: distilabel 1.5.3's TextGeneration + OpenAILLM pipeline over the same prompts, run
   with the interpreter given as --distilabel-python (a side venv: its pins clash with ours); the
-  table says "absent" without it.
+  table says "absent" without it. Make one with
+  `python3 -m venv /tmp/dl && /tmp/dl/bin/pip install distilabel==1.5.3 openai requests`
+  (distilabel imports `requests` without depending on it).
 - `charter-revise`: `charter revise --rounds 1` over calls/3 prompts (respond, critique, revision).
 - `charter-label`: `charter label --method logprobs` (multiple choice, one call per pair) over the
   pairs of a `charter sample --n 2` made beforehand, untimed.

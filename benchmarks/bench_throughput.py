@@ -9,7 +9,8 @@ fresh child process (same interpreter, litellm already imported before the clock
 
 - `openai`: N x `AsyncOpenAI.chat.completions.create`, C coroutines pulling from one counter.
 - `openai-aiohttp`: the same with the SDK's aiohttp transport (`openai.DefaultAioHttpClient`), which
-  charter's fast path uses: the ceiling for an openai-SDK client on this machine.
+  charter's fast path uses with CHARTER_HTTP_TRANSPORT=openai: the ceiling for an openai-SDK client
+  on this machine. (By default the fast path posts with aiohttp itself, without the SDK.)
 - `litellm`: the same loop with `litellm.acompletion(model="openai/...", api_base=...)`.
 - `revise`: `charter.sl.revise` (rounds=1: respond, critique, revision = 3 calls per prompt) into a
   fresh DuckDB file with `--concurrency C`, default backend (the OpenAI fast path for `openai/`).
@@ -21,7 +22,9 @@ fresh child process (same interpreter, litellm already imported before the clock
 - `label`: `charter.rl.label` (multiple choice with log-probabilities, one call per pair) over pairs
   made beforehand, untimed, by `charter.rl.sample`; `label-litellm` the same through litellm.
 
-Ratios are charter's calls/s over each plain loop's at the same concurrency.
+Ratios are charter's calls/s over each plain loop's at the same concurrency. This measures the
+event loop with imports done; benchmarks/bench_client_ceiling.py times whole processes, as a user's
+command runs, against a raw aiohttp loop and distilabel.
 """
 
 from __future__ import annotations
