@@ -59,17 +59,17 @@ class CliResult:
 
 
 class _MainCommand:
-    """Lets click's CliRunner drive `charter.cli.main`, so exit codes and error mapping are the real ones."""
+    """Lets click's CliRunner drive `charter.cli.invoke`, so exit codes and error mapping are the real ones."""
 
     name = "charter"
 
     def main(self, args: Sequence[str] = (), prog_name: str | None = None, **_: Any) -> None:
-        from charter.cli import main
+        from charter.cli import invoke
 
         saved = sys.argv
         sys.argv = ["charter", *args]
         try:
-            main()
+            invoke()
         finally:
             sys.argv = saved
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 from charter_testkit import (
     REPO,
     query,
@@ -182,9 +183,12 @@ def test_secrets_never_reach_the_database(cli, server, prompts_file, tmp_path, m
             assert b"SECRET" not in path.read_bytes(), f"a secret is in the bytes of {path.name}"
 
 
-def test_rows_keep_their_json_lists_and_numbers_as_given(tmp_path):
-    """What a writer hands the store comes back as written: a dict for a JSON column as JSON (not
-    Python's repr), equal-length lists as lists (not a 2-D array), big token counts, NULLs."""
+@pytest.mark.parametrize("as_lists", [True, False], ids=["lists", "numpy"])
+def test_rows_keep_their_json_lists_and_numbers_as_given(tmp_path, monkeypatch, as_lists):
+    """What a writer hands the store comes back as written, whichever way the batch goes to DuckDB:
+    a dict for a JSON column as JSON (not Python's repr), equal-length lists as lists (not a 2-D
+    array), big token counts, NULLs."""
+    monkeypatch.setattr(Store, "_as_lists", lambda self: as_lists)
     db = tmp_path / "cai.duckdb"
     with Store(db) as store:
         run_id, _ = store.start_run("rows", "test", {})
@@ -253,3 +257,30 @@ def test_each_reader_sees_every_call_finished_before_it_asked(tmp_path):
         finish("b")
         finish("c")  # the next timed flush is an hour away
         assert calls_seen_by_another_process() == 3
+
+
+def test_an_older_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
+    """A file written by an older charter (schema version 4) opens: the later migrations and the
+    views are applied together, and what it held is still there."""
+    from charter.store.schema import MIGRATIONS
+
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, sql in enumerate(MIGRATIONS[:4], start=1):
+        con.execute(sql)
+        con.execute("INSERT INTO schema_version VALUES (?)", [version])
+    con.execute("INSERT INTO runs (run_id, name, command) VALUES ('r1', 'old', 'revise')")
+    con.execute(
+        "INSERT INTO calls (call_id, run_id, step, model, cache_key, request, prompt_tokens) "
+        "VALUES ('c1', 'r1', 'respond', 'm', 'k1', '{}', 7)"
+    )
+    con.close()
+    with Store(db) as store:
+        assert store.query("SELECT max(version) FROM schema_version") == [(len(MIGRATIONS),)]
+        assert store.query("SELECT call_id, prompt_tokens FROM calls") == [("c1", 7)]
+        assert store.query(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'calls' "
+            "AND column_name = 'prompt_tokens'"
+        ) == [("BIGINT",)]
+        assert store.query("SELECT count(*) FROM comparisons") == [(0,)]  # the views are there

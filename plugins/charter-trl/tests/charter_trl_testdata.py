@@ -186,7 +186,7 @@ def fill_db(
 
 
 # --------------------------------------------------------------------------------------------------
-# The CLI in-process, with the real exit codes of `charter.cli.main`
+# The CLI in-process, with the real exit codes of `charter.cli.invoke`
 # --------------------------------------------------------------------------------------------------
 
 
@@ -209,12 +209,12 @@ class _Main:
     name = "charter"
 
     def main(self, args: Sequence[str] = (), prog_name: str | None = None, **_: Any) -> None:
-        from charter.cli import main
+        from charter.cli import invoke
 
         saved = sys.argv
         sys.argv = ["charter", *args]
         try:
-            main()
+            invoke()
         finally:
             sys.argv = saved
 

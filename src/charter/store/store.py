@@ -1,7 +1,7 @@
 """`Store`: the one place that writes to DuckDB.
 
-Writes are buffered per table and flushed together in one transaction as columns of NumPy object
-arrays that DuckDB scans directly (`executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
+Writes are buffered per table and flushed together in one transaction as whole columns (Python lists,
+then NumPy arrays: see `_LIST_ROWS`; `executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
 example, and the calls they reference) are flushed atomically, so a crash leaves whole prompts or
 nothing, and the same command resumes where it stopped.
 
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from charter.backends.base import Completion, TokenLogprob
 from charter.store.journal import Journal
@@ -276,17 +275,19 @@ def completion_from_row(
     )
 
 
-def _column(values: list[Any], json_column: bool) -> np.ndarray[Any, Any]:
-    """One column of a batch as a NumPy object array, which DuckDB scans without help.
+# Batches go to DuckDB as Python lists bound to `unnest` parameters until this many rows were
+# written, then as NumPy object arrays, which DuckDB scans at 1.5x the rate (60k vs 39k `calls`
+# rows/s, benchmarks/bench_store.py) but whose import costs 0.1 s: a short run, or a command that
+# writes little, never pays it. Not Arrow: pyarrow's first `pa.array` imports pandas (0.4 s of CPU).
+_LIST_ROWS = 10_000
 
-    Not Arrow: pyarrow's first `pa.array` imports pandas (0.4 s of CPU, mid-run), and building the
-    arrays cost more than DuckDB's own conversion. A JSON column given a dict or list gets its JSON
-    text (DuckDB would otherwise store the Python repr).
-    """
+
+def _column_values(rows: list[dict[str, Any]], name: str, json_column: bool) -> list[Any]:
+    values = [r.get(name) for r in rows]
     if json_column:
+        # A dict or list given for a JSON column is stored as its JSON text, not its Python repr.
         values = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
-    # fromiter keeps each list as one element, where np.array would build a 2-D array.
-    return np.fromiter(values, dtype=object, count=len(values))
+    return values
 
 
 def _key_prefix(cache_key: str) -> int:
@@ -368,6 +369,7 @@ class Store:
         self._cond = threading.Condition(self._lock)
         self._columns: dict[str, list[str]] = {}
         self._json_columns: dict[str, set[str]] = {}
+        self._rows_written = 0  # by this process: which way batches go to DuckDB (see _LIST_ROWS)
         self._readers = 0  # processes reading the file right now (we let go of it for them)
         self._closing = False
         self._wanted = False  # we wait for the file: new readers wait for us
@@ -408,23 +410,24 @@ class Store:
 
         with self._lock:
             con = self._connection()
-            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-            current = int(row[0]) if row and row[0] is not None else 0
-            if current < len(MIGRATIONS):
-                views.drop_views(con)  # recreated below; a view over a table blocks altering it
-            for version, sql in enumerate(MIGRATIONS, start=1):
-                if version <= current:
-                    continue
-                con.execute("BEGIN")
-                try:
-                    con.execute(sql)
-                    con.execute("INSERT INTO schema_version VALUES (?)", [version])
-                    con.execute("COMMIT")
-                except Exception:
-                    _rollback(con)
-                    raise
-            views.create_views(con)
+            # One transaction for the lot: a new file costs one commit instead of one per migration
+            # and view (50 ms of every first run), and a failed upgrade leaves the file as it was.
+            con.execute("BEGIN")
+            try:
+                con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+                current = int(row[0]) if row and row[0] is not None else 0
+                if current < len(MIGRATIONS):
+                    views.drop_views(con)  # recreated below; a view over a table blocks altering it
+                for version, sql in enumerate(MIGRATIONS, start=1):
+                    if version > current:
+                        con.execute(sql)
+                        con.execute("INSERT INTO schema_version VALUES (?)", [version])
+                views.create_views(con)
+                con.execute("COMMIT")
+            except Exception:
+                _rollback(con)
+                raise
 
     def close(self) -> None:
         """Flush what is buffered and close the file (what cannot be written stays in the journal)."""
@@ -778,6 +781,10 @@ class Store:
             self._json_columns[table] = {c[0] for c in cols if str(c[1]).upper() == "JSON"}
         return self._columns[table]
 
+    def _as_lists(self) -> bool:
+        """Whether the next batch goes to DuckDB as lists (see `_LIST_ROWS`)."""
+        return self._rows_written < _LIST_ROWS and "numpy" not in sys.modules
+
     def _insert_batch(self, table: str, rows: list[dict[str, Any]]) -> None:
         known = self._table_columns(table)
         present: set[str] = set().union(*(r.keys() for r in rows))
@@ -786,8 +793,19 @@ class Store:
         if unknown:
             raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
         json_columns = self._json_columns.get(table, set())
-        batch = {c: _column([r.get(c) for r in rows], c in json_columns) for c in names}  # noqa: F841
-        self._connection().execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
+        columns = [_column_values(rows, c, c in json_columns) for c in names]
+        con = self._connection()
+        if self._as_lists():
+            select = ", ".join(f'unnest(${i}) AS "{c}"' for i, c in enumerate(names, start=1))
+            con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT {select}", columns)
+        else:
+            import numpy as np
+
+            # fromiter keeps each list as one element, where np.array would build a 2-D array.
+            arrays = [np.fromiter(v, dtype=object, count=len(v)) for v in columns]
+            batch = dict(zip(names, arrays, strict=True))  # noqa: F841 (DuckDB finds it by name)
+            con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
+        self._rows_written += len(rows)
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
