@@ -27,7 +27,7 @@ try:
     runpy.run_module("charter", run_name="__main__")
 except SystemExit as exc:
     code = exc.code or 0
-print("IMPORTED:" + ",".join(m for m in ("litellm", "duckdb", "openai", "pandas", "numpy", "pyarrow") if m in sys.modules))
+print("IMPORTED:" + ",".join(m for m in ("litellm", "duckdb", "openai", "pandas", "numpy", "pyarrow", "yaml", "jinja2") if m in sys.modules))
 sys.exit(code)
 """
 

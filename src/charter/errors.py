@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 
 def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the deepest node along `loc` (a missing key points at its parent)."""
+    import yaml  # here: `charter --help` imports this module, and yaml costs it 12 ms
+
     line = None
     for part in loc:
         if node is None:
