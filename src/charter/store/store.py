@@ -1,9 +1,10 @@
 """`Store`: the one place that writes to DuckDB.
 
-Writes are buffered per table and flushed together in one transaction as whole columns (Python lists,
-then NumPy arrays: see `_LIST_ROWS`; `executemany` is ~50x slower). Records that belong together (a prompt's revisions and its SFT
-example, and the calls they reference) are flushed atomically, so a crash leaves whole prompts or
-nothing, and the same command resumes where it stopped.
+Writes are buffered per table and flushed together in one transaction, whole columns at a time
+(Python lists, then NumPy arrays: see `_LIST_ROWS`; `executemany` is ~50x slower). Records that
+belong together (a prompt's revisions and its SFT example, and the calls they reference) are
+flushed atomically, so a crash leaves whole prompts or nothing, and the same command resumes where
+it stopped.
 
 A flush that fails keeps its rows. A row the database refuses is found and stored with its error
 (a `calls` row) or left out (a derived row: its item is redone, from the cache, on resume), and the
