@@ -27,7 +27,6 @@ checkout's sources (measure a "before" with --src /path/to/main/src).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -38,6 +37,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from _common import fake_server, write_prompts  # noqa: E402  (the prompts every benchmark uses)
+
 MODEL = "bench"
 PROMPT = "Question {i}: how do I keep my houseplants alive?"
 CLIENTS = ("raw-aiohttp", "openai", "litellm", "distilabel", "charter-revise", "charter-label")
@@ -172,13 +174,6 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float = 1800) -> float:
     return seconds
 
 
-def write_prompts(path: Path, count: int, tag: str = "") -> Path:
-    with path.open("w", encoding="utf-8") as f:
-        for i in range(count):
-            f.write(json.dumps({"prompt": f"{tag}{PROMPT.format(i=i)}"}) + "\n")
-    return path
-
-
 def charter_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "charter", *args]
 
@@ -279,9 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         func = client_distilabel if name == "distilabel" else CLIENT_FUNCS[name]
         func(url, int(calls), int(conc))
         return 0
-
-    sys.path.insert(0, str(HERE.parent))
-    from _common import fake_server
 
     levels = [int(x) for x in args.concurrency.split(",")]
     clients = [c for c in args.clients.split(",") if c]
