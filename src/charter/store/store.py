@@ -370,7 +370,7 @@ class Store:
         self._cond = threading.Condition(self._lock)
         self._columns: dict[str, list[str]] = {}
         self._json_columns: dict[str, set[str]] = {}
-        self._rows_written = 0  # by this process: which way batches go to DuckDB (see _LIST_ROWS)
+        self._rows_written = 0  # committed by this Store: which way batches go to DuckDB (_LIST_ROWS)
         self._readers = 0  # processes reading the file right now (we let go of it for them)
         self._closing = False
         self._wanted = False  # we wait for the file: new readers wait for us
@@ -479,7 +479,7 @@ class Store:
                 while True:
                     if not self._readers:
                         try:
-                            self._con = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
+                            self._con = self._reopen()
                             return self._con
                         except duckdb.IOException as exc:
                             if not _is_lock_conflict(exc):
@@ -494,6 +494,10 @@ class Store:
             finally:
                 self._wanted = False
                 self._cond.notify_all()
+
+    def _reopen(self) -> duckdb.DuckDBPyConnection:
+        """The writer's connection again, after it let go of the file for a reader."""
+        return duckdb.connect(str(self.path), config=_WRITER_CONFIG)
 
     def _release_for_reader(self) -> bool:
         """A reader asks for the file: flush, close our connection, and keep it closed until it is done."""
@@ -520,7 +524,7 @@ class Store:
                 # Take the file back now: while we do not hold it, the next reader opens it without
                 # asking us, and sees none of the rows finished since this one came.
                 with contextlib.suppress(duckdb.Error):
-                    self._con = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
+                    self._con = self._reopen()
             self._cond.notify_all()
 
     # -- runs --------------------------------------------------------------------------------
@@ -683,6 +687,7 @@ class Store:
                     self._storage_failed(again)
                 self._set_aside(con, pending, keep_calls=False)
                 self._write(con, pending)
+        self._rows_written += self._pending_count
         self._pending = {}
         self._pending_count = 0
         self._pending_cache.clear()
@@ -806,7 +811,6 @@ class Store:
             arrays = [np.fromiter(v, dtype=object, count=len(v)) for v in columns]
             batch = dict(zip(names, arrays, strict=True))  # noqa: F841 (DuckDB finds it by name)
             con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
-        self._rows_written += len(rows)
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
