@@ -28,12 +28,20 @@ try:
 except SystemExit as exc:
     code = exc.code or 0
 print("IMPORTED:" + ",".join(m for m in ("litellm", "duckdb", "openai", "pandas", "numpy", "pyarrow", "yaml", "jinja2") if m in sys.modules))
+import gc
+print("GC:" + ",".join(map(str, gc.get_threshold())) + f" frozen={gc.get_freeze_count() > 0}")
 sys.exit(code)
 """
 
 
 def probe(*args: object) -> tuple[int, set[str], str]:
     """(exit code, heavy modules imported, stderr) of `charter ARGS` in a fresh interpreter."""
+    code, imported, stderr, _ = probe_process(*args)
+    return code, imported, stderr
+
+
+def probe_process(*args: object) -> tuple[int, set[str], str, str]:
+    """`probe`, and the garbage collector's thresholds the process ended with."""
     env = subprocess_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
@@ -45,7 +53,22 @@ def probe(*args: object) -> tuple[int, set[str], str]:
         cwd=REPO,
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("IMPORTED:")), "IMPORTED:")
-    return proc.returncode, {m for m in line.removeprefix("IMPORTED:").split(",") if m}, proc.stderr
+    gc_line = next((x for x in proc.stdout.splitlines() if x.startswith("GC:")), "GC:")
+    imported = {m for m in line.removeprefix("IMPORTED:").split(",") if m}
+    return proc.returncode, imported, proc.stderr, gc_line.removeprefix("GC:")
+
+
+def test_only_the_charter_process_retunes_the_garbage_collector(cli) -> None:
+    """The command tunes its own process's collector; running the CLI in a host process (a test, a
+    notebook) leaves the host's collector as it was."""
+    code, _, stderr, thresholds = probe_process("--help")
+    assert code == 0, stderr
+    assert thresholds == "50000,20,20 frozen=True"
+    import gc
+
+    before = gc.get_threshold()
+    assert cli("--help").code == 0
+    assert gc.get_threshold() == before
 
 
 def test_help_imports_no_backend_or_database() -> None:

@@ -284,3 +284,25 @@ def test_an_older_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
             "AND column_name = 'prompt_tokens'"
         ) == [("BIGINT",)]
         assert store.query("SELECT count(*) FROM comparisons") == [(0,)]  # the views are there
+
+
+def test_an_upgrade_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    """Migrations are applied in one transaction: when a later one fails, the earlier ones of the
+    same open are not half-applied and the file keeps its old version and rows."""
+    import charter.store.store as store_module
+    from charter.store.schema import MIGRATIONS
+
+    db = tmp_path / "cai.duckdb"
+    with Store(db) as store:
+        run_id, _ = store.start_run("kept", "test", {})
+    broken = [*MIGRATIONS, "CREATE TABLE added_then_undone (a INTEGER);", "SELECT no_such_function();"]
+    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
+    with pytest.raises(duckdb.Error, match="no_such_function"):
+        Store(db)
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    assert query(db, "SELECT max(version) FROM schema_version") == [(len(MIGRATIONS),)]
+    assert query(
+        db, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'added_then_undone'"
+    ) == [(0,)]
+    assert query(db, "SELECT run_id FROM runs") == [(run_id,)]
+    assert query(db, "SELECT count(*) FROM comparisons") == [(0,)]  # its views too
