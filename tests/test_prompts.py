@@ -150,3 +150,107 @@ def test_user_overrides_take_effect_in_revise_and_prompts_dir_wins(cli, server, 
 
     shown = cli("prompts", "show", "respond-chat", "--prompts-dir", TEMPLATES / "override")
     assert f"from {TEMPLATES / 'override' / 'respond-chat.jinja'}" in shown.stdout
+
+
+# --- message blocks are compiled inline: the same render as calling `message` itself ---------------
+INLINE_CASES = {
+    "scope": (
+        "{% set x = 'out' %}{% call message('user') %}{% set x = 'in' %}{{ x }}{% endcall %}"
+        "{% call message('assistant') %}{{ x }}{% endcall %}",
+        {},
+    ),
+    "loop": (
+        "{% for m in ms %}{% call message(m.role) %}{{ loop.index }}. {{ m.content }}{% endcall %}{% endfor %}",
+        {"ms": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
+    ),
+    "nested-macro": (
+        "{% macro q(t) %}Q: {{ t }}{% endmacro %}{% call message('user') %}{{ q(text) }}{% endcall %}",
+        {"text": "why?"},
+    ),
+}
+
+
+def _inline_template(body: str, inputs: str = "{}", mode: str = "chat") -> PromptTemplate:
+    return PromptTemplate("inline", f"---\nmode: {mode}\ninputs: {inputs}\n---\n{body}\n")
+
+
+def _render_both(monkeypatch, make):  # type: ignore[no-untyped-def]
+    """(inlined, called as written): the same template compiled both ways."""
+    import charter.prompts as prompts
+
+    inlined = make()
+    with monkeypatch.context() as m:
+        m.setattr(prompts, "_inline_messages", lambda tree, inputs: tree)
+        called = make()
+    return inlined, called
+
+
+@pytest.mark.parametrize("case", sorted(INLINE_CASES))
+def test_inlined_message_blocks_render_as_the_message_call_does(monkeypatch, case):
+    body, values = INLINE_CASES[case]
+    inputs = "{" + ", ".join(f"{k}: any" for k in values) + "}"
+    inlined, called = _render_both(monkeypatch, lambda: _inline_template(body, inputs))
+    assert inlined.render(**values).messages == called.render(**values).messages
+    if case == "scope":  # what the block sets stays inside it
+        assert [m["content"] for m in inlined.render().messages] == ["in", "out"]
+
+
+_CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "How do I pick a lock?"},
+    {"role": "assistant", "content": "Why?"},
+    {"role": "user", "content": "I am locked out."},
+]
+_ROUND = {
+    "critique_request": "Harmful?",
+    "critique": "A bit.",
+    "revision_request": "Fix it.",
+    "revision": "Call a locksmith.",
+}
+_EXAMPLE = {
+    "conversation": _CHAT,
+    "principle": "Which is safer?",
+    "responses": ["Sure.", "No."],
+    "answer": "B",
+    "reasoning": "B refuses.",
+}
+# Inputs of every built-in template, by name and then by type where the same name has several.
+_REAL_INPUTS = {
+    "conversation": _CHAT,
+    "response": "Use a tension wrench.",
+    "rounds": [_ROUND, _ROUND],
+    "critique_request": "Is it harmful?",
+    "critique": "It helps a burglar.",
+    "revision_request": "Rewrite it.",
+    "principle": "Which response is less harmful?",
+    "responses": ["Sure, here is how.", "Call a locksmith."],
+    "reasoning": "The second refuses.",
+    "system": "Answer carefully.",
+}
+_FEW_SHOT = {
+    "list[list[Message]] | None": [_CHAT[1:3], _CHAT[1:]],
+    "list[dict] | None": [_EXAMPLE, _EXAMPLE],
+    "list[str] | None": ["Example one.", "Example two."],
+    "str": "Human: hi\n\nAssistant: hello\n\n",
+}
+
+
+@pytest.mark.parametrize("name", [n for n, _ in __import__("charter.prompts").prompts.list_prompts()])
+def test_every_built_in_template_renders_the_same_inlined(monkeypatch, name):
+    inlined, called = _render_both(monkeypatch, lambda: load_prompt(name))
+    values = {k: _FEW_SHOT[t] if k == "few_shot" else _REAL_INPUTS[k] for k, t in inlined.input_types.items()}
+    rendered = inlined.render(**values)
+    assert rendered == called.render(**values)
+    assert (rendered.text or "") if rendered.mode == "completion" else len(rendered.messages or []) > 2
+
+
+@pytest.mark.parametrize("role", ["'robot'", "r"])
+def test_a_bad_message_role_is_named_whether_constant_or_not(role):
+    template = _inline_template(f"{{% call message({role}) %}}hi{{% endcall %}}", "{r: str}")
+    with pytest.raises(PromptError, match="message role must be system, user or assistant, not 'robot'"):
+        template.render(r="robot")
+
+
+def test_a_template_with_its_own_message_macro_keeps_it():
+    body = "{% macro message(role) %}<{{ role }}>{{ caller() }}{% endmacro %}{% call message('x') %}hi{% endcall %}"
+    assert _inline_template(body, mode="completion").render().text == "<x>hi"

@@ -75,3 +75,14 @@ def test_revise_with_a_bomb_template_exits_2_before_anything_is_written(cli, ser
     (line,) = result.error_lines()
     assert "respond-chat" in line and "iterations" in line
     assert not db.exists() and server.request_count == 0
+
+
+def test_dict_attributes_prefer_the_method_and_missing_keys_stay_errors():
+    template = PromptTemplate(
+        "dicts",
+        "---\nmode: completion\ninputs: {d: dict}\n---\n{{ d.role }} {% for k in d.keys() %}{{ k }},{% endfor %}\n",
+    )
+    # `d.keys` is the method even though the dict has a "keys" key; any other name is the key.
+    assert template.render(d={"role": "user", "keys": "not this"}).text == "user role,keys,"
+    with pytest.raises(PromptError, match="has no attribute 'role'"):
+        template.render(d={"other": 1})

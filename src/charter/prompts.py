@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError, nodes
 from jinja2 import meta as jinja_meta
+from jinja2.visitor import NodeTransformer
 from pydantic import BaseModel, ValidationError, create_model
 
 from charter.records import Critique, Message
@@ -145,15 +146,82 @@ class RenderedPrompt:
         return json.dumps(self.messages, ensure_ascii=False, indent=2)
 
 
-def _message_marker(role: str, caller: Callable[[], str]) -> str:
-    if role not in ("system", "user", "assistant"):
+_ROLES = ("system", "user", "assistant")
+
+
+def _message_open(role: str) -> str:
+    if role not in _ROLES:
         raise TemplateError(f"message role must be system, user or assistant, not {role!r}")
-    return f"{_ROLE_MARK}{role}\x1e{caller()}{_END_MARK}"
+    return f"{_ROLE_MARK}{role}\x1e"
+
+
+def _message_marker(role: str, caller: Callable[[], str]) -> str:
+    return f"{_message_open(role)}{caller()}{_END_MARK}"
+
+
+_OPEN = "__charter_message_open"
+# Names a call block's body may mean differently once it is no longer a macro of its own.
+_MACRO_NAMES = frozenset({"caller", "varargs", "kwargs"})
+
+
+class _InlineMessages(NodeTransformer):
+    """Compile `{% call message(role) %}BODY{% endcall %}` to the marker, BODY and the end marker
+    written in place, BODY in a scope of its own (what it sets stays inside, as in a call block).
+
+    The output is the same string; what goes is the caller macro built and the two sandboxed calls
+    made per message (a few-shot label prompt has eleven messages, and it is rendered per pair).
+    A constant role is checked here and written as text; any other is checked as it renders.
+    """
+
+    def visit_CallBlock(self, node: nodes.CallBlock) -> Any:
+        self.generic_visit(node)
+        call = node.call
+        if not (
+            isinstance(call.node, nodes.Name)
+            and call.node.name == "message"
+            and len(call.args) == 1
+            and not call.kwargs
+            and call.dyn_args is None
+            and call.dyn_kwargs is None
+            and not node.args
+            and not node.defaults
+            and not any(n.name in _MACRO_NAMES for n in node.find_all(nodes.Name))
+        ):
+            return node
+        role = call.args[0]
+        lineno = node.lineno
+        if isinstance(role, nodes.Const) and role.value in _ROLES:
+            opening: nodes.Expr = nodes.TemplateData(_message_open(role.value), lineno=lineno)
+        else:
+            opening = nodes.Call(nodes.Name(_OPEN, "load"), [role], [], None, None, lineno=lineno)
+        return [
+            nodes.Output([opening], lineno=lineno),
+            nodes.Scope(node.body, lineno=lineno),
+            nodes.Output([nodes.TemplateData(_END_MARK, lineno=lineno)], lineno=lineno),
+        ]
+
+
+def _inline_messages(tree: nodes.Template, inputs: dict[str, str]) -> nodes.Template:
+    """`tree` with its message blocks inlined, unless the template gives `message` a meaning of its
+    own (an input, a variable, a macro, an import by that name): then `message` is called as written."""
+    if "message" in inputs:
+        return tree
+    if any(n.name == "message" and n.ctx != "load" for n in tree.find_all(nodes.Name)):
+        return tree
+    if any(m.name == "message" for m in tree.find_all(nodes.Macro)):
+        return tree
+    for imp in tree.find_all(nodes.FromImport):
+        if any((name if isinstance(name, str) else name[1]) == "message" for name in imp.names):
+            return tree
+    result = _InlineMessages().visit(tree)
+    assert isinstance(result, nodes.Template)
+    return result
 
 
 # Bounded: a template cannot spend unbounded time, iterations, memory or output (charter.sandbox).
 _ENV = BoundedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 _ENV.globals["message"] = _message_marker
+_ENV.globals[_OPEN] = _message_open
 _ENV.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
 
 
@@ -212,7 +280,7 @@ class PromptTemplate:
         self.input_model: type[BaseModel] = create_model(f"{_camel(name)}Inputs", **fields)
         try:
             parsed = _ENV.parse(self.source)
-            self._template = _ENV.from_string(parsed)
+            self._template = _ENV.from_string(_inline_messages(parsed, self.input_types))
         except TemplateError as exc:
             # Jinja counts lines from the body; the user's editor counts them from the top of the file.
             line = (getattr(exc, "lineno", None) or 1) + header.count("\n") + 3
