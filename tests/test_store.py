@@ -226,6 +226,42 @@ def test_rows_keep_their_json_lists_and_numbers_as_given(tmp_path, monkeypatch, 
     ]
 
 
+def test_a_journal_left_by_a_kill_replays_every_json_column_byte_for_byte(tmp_path):
+    """The rows a killed writer journaled come back with the very texts it was given, whether the
+    line was written by this charter (JSON columns inline) or an older one (JSON columns as strings)."""
+    from charter.store.journal import encode_row, journal_path
+
+    db = tmp_path / "cai.duckdb"
+    with Store(db) as store:
+        run_id, _ = store.start_run("killed", "test", {})
+    request = json.dumps(
+        {"mode": "chat", "params": {"temperature": 0.7, "top_logprobs": 20, "huge": 1e16},
+         "messages": [{"role": "user", "content": 'Say "ü" \\ then\nstop\u2028'}]},
+        ensure_ascii=False,
+    )  # fmt: skip
+    logprobs = json.dumps([[{"token": " (A)", "logprob": -0.01, "top": {" (A)": -0.01, " (B)": -4.6}}]])
+    base = {"run_id": run_id, "step": "label", "model": "m", "attempts": 1, "error": None, "cached": False}
+    rows = [
+        {**base, "call_id": "new", "cache_key": "k1", "request": request, "responses": '["(A)"]',
+         "logprobs": logprobs, "response_text": "(A)", "latency_ms": 12.5},
+        {**base, "call_id": "old", "cache_key": "k2", "request": request, "responses": '["x\\"y"]',
+         "logprobs": None},
+    ]  # fmt: skip
+    line_now = encode_row(rows[0])
+    assert b'"request": {"mode"' in line_now  # inline, not escaped a second time
+    line_before = (json.dumps(rows[1], ensure_ascii=False) + "\n").encode()
+    journal_path(db).write_bytes(line_now + line_before + b'{"call_id": "torn", "req')
+    with Store(db):  # opening replays the journal into calls
+        pass
+    con = duckdb.connect(str(db), read_only=True)
+    got = con.execute(
+        "SELECT call_id, request::VARCHAR, responses::VARCHAR, logprobs::VARCHAR, latency_ms FROM calls "
+        "ORDER BY call_id"
+    ).fetchall()
+    assert got == [("new", request, '["(A)"]', logprobs, 12.5), ("old", request, '["x\\"y"]', None, None)]
+    assert not journal_path(db).exists()
+
+
 def test_each_reader_sees_every_call_finished_before_it_asked(tmp_path):
     """A second `charter sql` while the run is between timed flushes: the rows finished since the
     first reader are written for it, not left in the writer's buffer."""

@@ -15,6 +15,48 @@ import os
 from pathlib import Path
 from typing import Any
 
+# `calls` columns that hold JSON text (a request, the responses, the log-probabilities). A line
+# holds them as the JSON itself, not as a string of it: re-escaping every quote of a 4 KB few-shot
+# request on every call was most of a label call's journal cost. Replay turns them back into the
+# same text (json.dumps of what json.loads read gives the bytes it read: same separators, same
+# key order, floats by repr; text written otherwise comes back as the same JSON, reformatted).
+# A line written as a string (by an older charter, or text that is not JSON) stays one.
+JSON_COLUMNS = ("request", "responses", "logprobs")
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def encode_row(row: dict[str, Any]) -> bytes:
+    """One journal line for `row` (ending in a newline)."""
+    raw = []
+    rest = row
+    for name in JSON_COLUMNS:
+        value = row.get(name)
+        # JSON text that starts as an object or list and holds no line break (a line per row).
+        if isinstance(value, str) and value[:1] in ("{", "[") and "\n" not in value and "\r" not in value:
+            if rest is row:
+                rest = dict(row)
+            del rest[name]
+            raw.append(f', "{name}": {value}')
+    line = _ENCODER.encode(rest)
+    if raw:
+        line = (line[:-1] + "".join(raw) + "}") if rest else "{" + "".join(raw)[2:] + "}"
+    return (line + "\n").encode("utf-8")
+
+
+def decode_row(line: bytes) -> dict[str, Any] | None:
+    """The row of one journal line; None for a line that is not one (torn by a kill)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    for name in JSON_COLUMNS:
+        value = row.get(name)
+        if value is not None and not isinstance(value, str):
+            row[name] = json.dumps(value, ensure_ascii=False)
+    return row
+
 
 def journal_path(db: Path) -> Path:
     """The journal file beside `db`."""
@@ -37,11 +79,8 @@ class Journal:
             return []
         rows = []
         for line in data.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # cut off by the kill mid-write: that call is asked again
-            if isinstance(row, dict):
+            row = decode_row(line)
+            if row is not None:  # else cut off by the kill mid-write: that call is asked again
                 rows.append(row)
         return rows
 
@@ -54,7 +93,7 @@ class Journal:
         """Write one row; it is in the kernel's hands when this returns."""
         if self._fd is None:
             return
-        data = (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        data = encode_row(row)
         try:
             os.write(self._fd, data)
         except OSError:
