@@ -154,11 +154,15 @@ class Constitution(_Strict):
         """
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
-        pool = {
-            None: self.principles,
-            "critique": self.critique_principles,
-            "feedback": self.feedback_principles,
-        }[kind]
+        # Only the pool asked for is built: the labeler draws per pair, thousands of times a run.
+        pool = (
+            self.principles
+            if kind is None
+            else {
+                "critique": lambda: self.critique_principles,
+                "feedback": lambda: self.feedback_principles,
+            }[kind]()
+        )
         if not pool:
             raise ValueError(f"constitution {self.name!r} has no {kind} principles to sample")
         return [pool[rng.randrange(len(pool))] for _ in range(k)]

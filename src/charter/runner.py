@@ -26,6 +26,9 @@ from charter.backends.base import Backend, BackendError, Completion, CompletionR
 from charter.runner_options import RunnerOptions
 from charter.store.store import CachedCall, Store, completion_to_json
 
+# `calls.request` as json.dumps(..., ensure_ascii=False) writes it, with the encoder made once.
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -258,7 +261,7 @@ class Runner:
             "step": step,
             "model": request.model,
             "cache_key": key,
-            "request": json.dumps(request.to_log(), ensure_ascii=False),
+            "request": _LOG_ENCODER.encode(request.to_log()),
             "attempts": attempts,
             "error": error,
             "cached": cached,

@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 from charter.backends.params import redact
 
 Mode = Literal["chat", "completion"]
+# The cache key's serialization (its format is the key: never change it). One encoder made once:
+# json.dumps with any option builds a new JSONEncoder per call.
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
 
 
 class CompletionRequest(BaseModel):
@@ -47,12 +50,7 @@ class CompletionRequest(BaseModel):
         }
         if self.score_options is not None:  # only then: every other request keeps its key
             fields["score_options"] = self.score_options
-        blob = json.dumps(
-            fields,
-            sort_keys=True,
-            ensure_ascii=False,
-            default=str,
-        )
+        blob = _KEY_ENCODER.encode(fields)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def to_log(self) -> dict[str, Any]:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 from charter.labels import parse_transcript
 from charter.steps.base import StepContext
 from charter.steps.label.base import Labeler
+
+
+@functools.lru_cache(maxsize=256)
+def _example_conversation(transcript: str) -> list[dict[str, str]]:
+    """A few-shot example's conversation, parsed once: every pair renders the same few (read-only)."""
+    return parse_transcript(transcript)
 
 
 class LabelMC(Labeler):
@@ -34,7 +41,7 @@ class LabelMC(Labeler):
             chosen_first = rng.random() < 0.5
             out.append(
                 {
-                    "conversation": parse_transcript(ex.conversation),
+                    "conversation": _example_conversation(ex.conversation),
                     "principle": principle.feedback,
                     "responses": [ex.chosen, ex.rejected] if chosen_first else [ex.rejected, ex.chosen],
                     "answer": "A" if chosen_first else "B",
