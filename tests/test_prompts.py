@@ -8,7 +8,7 @@ import os
 import pytest
 from charter_testkit import DATA, REPO, revise_args, write_prompts
 
-from charter.prompts import PromptError, PromptTemplate, load_prompt
+from charter.prompts import PromptError, PromptTemplate, list_prompts, load_prompt
 
 TEMPLATES = DATA / "prompts" / "templates"
 VARS = DATA / "prompts" / "vars"
@@ -235,7 +235,7 @@ _FEW_SHOT = {
 }
 
 
-@pytest.mark.parametrize("name", [n for n, _ in __import__("charter.prompts").prompts.list_prompts()])
+@pytest.mark.parametrize("name", [n for n, _ in list_prompts()])
 def test_every_built_in_template_renders_the_same_inlined(monkeypatch, name):
     inlined, called = _render_both(monkeypatch, lambda: load_prompt(name))
     values = {k: _FEW_SHOT[t] if k == "few_shot" else _REAL_INPUTS[k] for k, t in inlined.input_types.items()}

@@ -135,3 +135,23 @@ def test_rpm_spaces_the_requests(cli, server, tmp_path):
     assert len(arrivals) == 5 and took >= 1.2
     later = sorted(arrivals)[1:]  # the first request also pays for opening the connection
     assert later[-1] - later[0] >= 3 * 0.3 - 0.1
+
+
+def test_the_request_cache_key_keeps_its_bytes():
+    """A cache written by an earlier charter must still answer: the key of a request never changes.
+    (These values were computed by the charter of commit 00ee000.)"""
+    from charter.backends.base import CompletionRequest
+
+    chat = CompletionRequest(
+        model="openai/m",
+        messages=[{"role": "user", "content": 'Ünïcode "quoted"'}],
+        params={"temperature": 0.7, "stop": ["\n\nHuman:"], "max_tokens": 8},
+        sample_index=1,
+    )
+    scored = CompletionRequest(
+        model="openai/m", mode="completion", prompt="The answer is:", score_options=[" (A)", " (B)"]
+    )
+    assert (chat.cache_key(), scored.cache_key()) == (
+        "a157ed21d5bcf36b8caa05e71cce83e2",
+        "d7bbe4b5192634ecf809c8057ff2c7b2",
+    )

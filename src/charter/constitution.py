@@ -155,14 +155,14 @@ class Constitution(_Strict):
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         # Only the pool asked for is built: the labeler draws per pair, thousands of times a run.
-        pool = (
-            self.principles
-            if kind is None
-            else {
-                "critique": lambda: self.critique_principles,
-                "feedback": lambda: self.feedback_principles,
-            }[kind]()
-        )
+        if kind is None:
+            pool = self.principles
+        elif kind == "critique":
+            pool = self.critique_principles
+        elif kind == "feedback":
+            pool = self.feedback_principles
+        else:
+            raise KeyError(kind)
         if not pool:
             raise ValueError(f"constitution {self.name!r} has no {kind} principles to sample")
         return [pool[rng.randrange(len(pool))] for _ in range(k)]

@@ -204,15 +204,11 @@ class _InlineMessages(NodeTransformer):
 def _inline_messages(tree: nodes.Template, inputs: dict[str, str]) -> nodes.Template:
     """`tree` with its message blocks inlined, unless the template gives `message` a meaning of its
     own (an input, a variable, a macro, an import by that name): then `message` is called as written."""
-    if "message" in inputs:
+    bound = set(inputs) | {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
+    bound |= {m.name for m in tree.find_all(nodes.Macro)} | {i.target for i in tree.find_all(nodes.Import)}
+    bound |= {n if isinstance(n, str) else n[1] for i in tree.find_all(nodes.FromImport) for n in i.names}
+    if "message" in bound:
         return tree
-    if any(n.name == "message" and n.ctx != "load" for n in tree.find_all(nodes.Name)):
-        return tree
-    if any(m.name == "message" for m in tree.find_all(nodes.Macro)):
-        return tree
-    for imp in tree.find_all(nodes.FromImport):
-        if any((name if isinstance(name, str) else name[1]) == "message" for name in imp.names):
-            return tree
     result = _InlineMessages().visit(tree)
     assert isinstance(result, nodes.Template)
     return result

@@ -25,22 +25,20 @@ JSON_COLUMNS = ("request", "responses", "logprobs")
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
+def _inlinable(value: Any) -> bool:
+    # JSON text that opens an object or a list and holds no line break (the journal is a line per row).
+    return isinstance(value, str) and value[:1] in ("{", "[") and "\n" not in value and "\r" not in value
+
+
 def encode_row(row: dict[str, Any]) -> bytes:
     """One journal line for `row` (ending in a newline)."""
-    raw = []
-    rest = row
-    for name in JSON_COLUMNS:
-        value = row.get(name)
-        # JSON text that starts as an object or list and holds no line break (a line per row).
-        if isinstance(value, str) and value[:1] in ("{", "[") and "\n" not in value and "\r" not in value:
-            if rest is row:
-                rest = dict(row)
-            del rest[name]
-            raw.append(f', "{name}": {value}')
-    line = _ENCODER.encode(rest)
-    if raw:
-        line = (line[:-1] + "".join(raw) + "}") if rest else "{" + "".join(raw)[2:] + "}"
-    return (line + "\n").encode("utf-8")
+    inline = {name: row[name] for name in JSON_COLUMNS if _inlinable(row.get(name))}
+    if not inline:
+        return (_ENCODER.encode(row) + "\n").encode("utf-8")
+    rest = {k: v for k, v in row.items() if k not in inline}
+    parts = [_ENCODER.encode(rest)[1:-1]] if rest else []
+    parts += [f'"{name}": {value}' for name, value in inline.items()]
+    return ("{" + ", ".join(parts) + "}\n").encode("utf-8")
 
 
 def decode_row(line: bytes) -> dict[str, Any] | None:
