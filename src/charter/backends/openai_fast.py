@@ -1,13 +1,18 @@
 """The OpenAI-compatible fast path: `openai/`, `hosted_vllm/` and `text-completion-openai/` models
-with an api_base are posted straight to the endpoint (aiohttp + json) instead of `litellm.acompletion`.
+with an api_base are posted straight to the endpoint (a lean HTTP client + json) instead of
+`litellm.acompletion`.
 
 Why: for these providers LiteLLM sends the request body unchanged, but spends several milliseconds of
 CPU per call on things charter does itself or does not need (parameter mapping, response rebuilding,
 cost calculation, logging hooks), and the openai client still ~2 ms on request options and response
 wrappers. On a busy event loop that, not the server, caps throughput. Neither litellm nor openai is
 imported on this path (importing litellm alone takes seconds); the cost comes from LiteLLM's price
-table read as data (backends/pricing.py). CHARTER_HTTP_TRANSPORT=openai sends through the openai
-client instead (httpx: with its default httpx transport).
+table read as data (backends/pricing.py).
+
+Transports (CHARTER_HTTP_TRANSPORT): by default a plain `http://` endpoint gets charter's own
+keep-alive HTTP/1.1 client (backends/http.py: a local server, where the client's CPU is what caps a
+run) and an `https://` one gets aiohttp. `aiohttp` sends everything through aiohttp; `openai`
+through the openai client (`httpx`: with its default httpx transport).
 
 What stays the same: the request body (the same JSON LiteLLM sends for these providers), the parsed
 `Completion` (texts, logprobs, finish reasons, token counts, cost from LiteLLM's price table) and
@@ -29,6 +34,7 @@ from typing import Any
 
 from charter.backends import pricing
 from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
+from charter.backends.http import HTTPClient
 from charter.backends.litellm_backend import (
     DEFAULT_TIMEOUT,
     RETRYABLE_STATUS,
@@ -124,9 +130,23 @@ def classify_openai_error(
     return backend_error(exc, retryable, endpoint=endpoint)
 
 
+TRANSPORTS = ("auto", "aiohttp", "openai", "httpx")
+
+
+def transport_for(api_base: str) -> str:
+    """The transport CHARTER_HTTP_TRANSPORT picks for `api_base`: "http" (charter's own client),
+    "aiohttp" or "openai" (the SDK; its httpx transport with `httpx`)."""
+    chosen = os.environ.get("CHARTER_HTTP_TRANSPORT", "auto").strip().lower() or "auto"
+    if chosen not in TRANSPORTS:
+        raise ValueError(f"CHARTER_HTTP_TRANSPORT={chosen!r}: one of {', '.join(TRANSPORTS)}")
+    if chosen == "auto":
+        return "http" if api_base.lower().startswith("http://") else "aiohttp"
+    return "openai" if chosen == "httpx" else chosen
+
+
 class OpenAIFastBackend:
-    """OpenAI-compatible endpoints behind the `Backend` interface: plain aiohttp + json by default,
-    `openai.AsyncOpenAI` with CHARTER_HTTP_TRANSPORT=openai (or httpx, the SDK's default transport)."""
+    """OpenAI-compatible endpoints behind the `Backend` interface: charter's HTTP client (http://) or
+    aiohttp (https://) + json by default, `openai.AsyncOpenAI` with CHARTER_HTTP_TRANSPORT=openai."""
 
     def __init__(
         self,
@@ -170,7 +190,7 @@ class OpenAIFastBackend:
         if self._organization:
             lean["OpenAI-Organization"] = str(self._organization)
         self._lean_headers = {**lean, **headers}
-        self._lean = os.environ.get("CHARTER_HTTP_TRANSPORT", "aiohttp") == "aiohttp"
+        self._transport = transport_for(api_base)
         self._base = api_base.rstrip("/")
 
     # -- clients ---------------------------------------------------------------------------
@@ -180,12 +200,17 @@ class OpenAIFastBackend:
         entry = self._clients.get(id(loop))
         if entry is not None and entry[0] is loop:
             return entry[1]
-        client = self._lean_session() if self._lean else self._openai_client()
+        if self._transport == "http":
+            client: Any = HTTPClient(self._base, self._lean_headers, self._timeout)
+        elif self._transport == "aiohttp":
+            client = self._lean_session()
+        else:
+            client = self._openai_client()
         self._clients[id(loop)] = (loop, client)
         return client
 
     def _lean_session(self) -> Any:
-        """The lean transport (the default): an aiohttp session."""
+        """The aiohttp transport (https:// by default): an aiohttp session."""
         import aiohttp
 
         return aiohttp.ClientSession(
@@ -245,10 +270,15 @@ class OpenAIFastBackend:
             body["n"] = request.n
         # The client is made (and its modules imported) before the clock starts: latency_ms is the
         # request's own time, even for a run's first calls.
-        client = self._client()
+        try:
+            client = self._client()
+        except ValueError as exc:  # an endpoint URL or header the client refuses: no retry can help
+            raise BackendError(str(exc), retryable=False) from exc
         started = time.perf_counter()
         try:
-            if self._lean:
+            if self._transport == "http":
+                data = await _post_http(client, path, body)
+            elif self._transport == "aiohttp":
                 data = await _post_json(client, self._base + path, body)
             else:
                 # cast_to=object: the JSON as plain dicts, skipping the SDK's response models.
@@ -335,14 +365,9 @@ def status_error(status_code: int, body: Any, headers: Any) -> APIStatusError:
     return cls(status_code, body, headers)
 
 
-async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
-    """POST `body` as JSON and decode the answer: aiohttp and json only, about a third of the
-    openai client's CPU per call (no request-options objects, no response wrappers)."""
-    async with session.post(url, json=body) as response:
-        raw = await response.read()
-        status = response.status
-        headers = response.headers
-    if status >= 400:
+def _answer(status: int, raw: bytes, headers: Any) -> Any:
+    """The decoded JSON of a 2xx answer; an error answer raised as the openai client would."""
+    if status >= 300:  # the openai client follows no redirect: a 3xx is an error as well
         try:
             said: Any = json.loads(raw)
         except ValueError:
@@ -352,6 +377,22 @@ async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
             said = said["error"]
         raise status_error(status, said, headers)
     return json.loads(raw)
+
+
+async def _post_http(client: HTTPClient, path: str, body: dict[str, Any]) -> Any:
+    """POST `body` as JSON with charter's HTTP client (the same bytes aiohttp's `json=` sends)."""
+    response = await client.post(path, json.dumps(body).encode())
+    return _answer(response.status, response.body, response.headers)
+
+
+async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
+    """POST `body` as JSON and decode the answer: aiohttp and json only, about a third of the
+    openai client's CPU per call (no request-options objects, no response wrappers)."""
+    async with session.post(url, json=body) as response:
+        raw = await response.read()
+        status = response.status
+        headers = response.headers
+    return _answer(status, raw, headers)
 
 
 def _http_client(timeout: float) -> Any:
