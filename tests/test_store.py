@@ -262,6 +262,33 @@ def test_a_journal_left_by_a_kill_replays_every_json_column_byte_for_byte(tmp_pa
     assert not journal_path(db).exists()
 
 
+def test_a_journal_of_rows_already_committed_replays_without_duplicates_or_loss(tmp_path):
+    """Killed after a flush committed but before the journal was reset: replay meets fresh calls
+    already in the file (a plain INSERT would refuse them) beside one that is not; all three are
+    there once, the other tables' rows too."""
+    from charter.store.journal import encode_row, journal_path
+
+    db = tmp_path / "cai.duckdb"
+    base = {"step": "respond", "model": "m", "request": "{}", "attempts": 1, "error": None, "cached": False}
+    with Store(db) as store:
+        run_id, _ = store.start_run("killed", "test", {})
+        committed = [{**base, "run_id": run_id, "call_id": f"c{i}", "cache_key": f"k{i}"} for i in range(2)]
+        for row in committed:
+            store.add_call(row)
+    late = {**base, "run_id": run_id, "call_id": "c2", "cache_key": "k2"}
+    journal_path(db).write_bytes(b"".join(encode_row(r) for r in [*committed, late]))
+    with Store(db) as store:  # opening replays the journal
+        store.add_call({**base, "run_id": run_id, "call_id": "c3", "cache_key": "k3"})
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT call_id FROM calls ORDER BY call_id").fetchall() == [
+        ("c0",),
+        ("c1",),
+        ("c2",),
+        ("c3",),
+    ]
+    assert not journal_path(db).exists()
+
+
 def test_each_reader_sees_every_call_finished_before_it_asked(tmp_path):
     """A second `charter sql` while the run is between timed flushes: the rows finished since the
     first reader are written for it, not left in the writer's buffer."""

@@ -223,18 +223,26 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(response)
 
     # -- use --------------------------------------------------------------------------------
-    async def send(self, data: bytes) -> Response:
-        """Write one request and wait for its whole answer."""
+    async def send(self, data: bytes, deadline: float) -> Response:
+        """Write one request and wait for its whole answer, until `deadline` (the loop's clock)."""
         assert self.transport is not None
         if self.buffer:  # bytes arrived between answers: the stream is out of step
             raise HTTPProtocolError("the server sent bytes nobody asked for")
         self.received = False
-        self.waiter = self.loop.create_future()
+        waiter = self.waiter = self.loop.create_future()
+        # One timer handle, not asyncio.timeout: that costs a context manager, a task lookup and
+        # a cancellation scope per request, and this runs thousands of times a second.
+        timer = self.loop.call_at(deadline, self._time_out, waiter)
         try:
             self.transport.write(data)
-            return await self.waiter
+            return await waiter
         finally:
+            timer.cancel()
             self.waiter = None
+
+    def _time_out(self, waiter: asyncio.Future[Response]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError("no whole answer within the request's timeout"))
 
     def abort(self) -> None:
         self.reusable = False
@@ -297,31 +305,32 @@ class HTTPClient:
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         data = head.encode("latin-1") + body
-        async with asyncio.timeout(self.timeout):
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.closed or conn.buffer:
-                    conn.abort()
-                    self._all.discard(conn)
-                    continue
-                try:
-                    return await self._exchange(conn, data)
-                except ServerDisconnected:
-                    if conn.received:
-                        raise
-                    # A kept-alive connection the server closed while idle: a new one, once.
-                    break
-            return await self._exchange(await self._connect(), data)
-
-    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
+        deadline = loop.time() + self.timeout
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.closed or conn.buffer:
+                conn.abort()
+                self._all.discard(conn)
+                continue
+            try:
+                return await self._exchange(conn, data, deadline)
+            except ServerDisconnected:
+                if conn.received:
+                    raise
+                # A kept-alive connection the server closed while idle: a new one, once.
+                break
+        return await self._exchange(await self._connect(loop, deadline), data, deadline)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        connecting = loop.create_connection(lambda: _Connection(loop), self.host, self.port)
+        _, conn = await asyncio.wait_for(connecting, max(deadline - loop.time(), 0))
         self._all.add(conn)
         return conn
 
-    async def _exchange(self, conn: _Connection, data: bytes) -> Response:
+    async def _exchange(self, conn: _Connection, data: bytes, deadline: float) -> Response:
         try:
-            response = await conn.send(data)
+            response = await conn.send(data, deadline)
         except BaseException:  # failed, timed out or cancelled mid-answer: never reuse it
             conn.abort()
             self._all.discard(conn)

@@ -9,6 +9,7 @@ through `redact`, which replaces every credential-looking value, at any depth, w
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -48,6 +49,7 @@ _SECRET_CONTAINERS = frozenset({"headers", "extra_headers"})
 _URL = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=4096)  # a run asks about the same few names on every call
 def is_secret_name(name: str) -> bool:
     """True for a parameter, field or query name that carries a credential (case-insensitive)."""
     lowered = name.lower()

@@ -696,12 +696,34 @@ class Store:
         self._last_flush = time.monotonic()
 
     def _write(self, con: duckdb.DuckDBPyConnection, pending: dict[str, list[dict[str, Any]]]) -> None:
+        try:
+            self._write_tables(con, pending, optimistic=True)
+        except duckdb.ConstraintException:
+            # A fresh call already in the file: a journal replayed after a kill that came between a
+            # commit and the journal's reset. The same transaction again, every duplicate ignored.
+            self._write_tables(con, pending, optimistic=False)
+
+    def _write_tables(
+        self, con: duckdb.DuckDBPyConnection, pending: dict[str, list[dict[str, Any]]], *, optimistic: bool
+    ) -> None:
         con.execute("BEGIN")
         try:
             # calls first: other rows reference them.
             for table in sorted(pending, key=lambda t: t != "calls"):
                 rows = pending[table]
-                if rows:
+                if not rows:
+                    continue
+                if optimistic and table == "calls":
+                    # A fresh call's id is a new uuid4: a plain INSERT, which DuckDB runs at ~3x the
+                    # speed of INSERT OR IGNORE for label-sized requests (the ON CONFLICT path copies
+                    # every row). A cached call's id is derived (run, key): it may be there already.
+                    fresh = [r for r in rows if not r.get("cached")]
+                    again = [r for r in rows if r.get("cached")]
+                    if fresh:
+                        self._insert_batch(table, fresh, ignore=False)
+                    if again:
+                        self._insert_batch(table, again)
+                else:
                     self._insert_batch(table, rows)
             con.execute("COMMIT")
         except BaseException:
@@ -791,7 +813,8 @@ class Store:
         """Whether the next batch goes to DuckDB as lists (see `_LIST_ROWS`)."""
         return self._rows_written < _LIST_ROWS and "numpy" not in sys.modules
 
-    def _insert_batch(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _insert_batch(self, table: str, rows: list[dict[str, Any]], *, ignore: bool = True) -> None:
+        """Insert `rows` whole columns at a time; with `ignore`, rows whose key is there are skipped."""
         known = self._table_columns(table)
         present: set[str] = set().union(*(r.keys() for r in rows))
         names = [c for c in known if c in present]
@@ -800,17 +823,18 @@ class Store:
             raise StoreError(f"table {table} has no column(s) {', '.join(sorted(unknown))}")
         json_columns = self._json_columns.get(table, set())
         columns = [_column_values(rows, c, c in json_columns) for c in names]
+        verb = "OR IGNORE" if ignore else ""
         con = self._connection()
         if self._as_lists():
             select = ", ".join(f'unnest(${i}) AS "{c}"' for i, c in enumerate(names, start=1))
-            con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT {select}", columns)
+            con.execute(f"INSERT {verb} INTO {table} BY NAME SELECT {select}", columns)
         else:
             import numpy as np
 
             # fromiter keeps each list as one element, where np.array would build a 2-D array.
             arrays = [np.fromiter(v, dtype=object, count=len(v)) for v in columns]
             batch = dict(zip(names, arrays, strict=True))  # noqa: F841 (DuckDB finds it by name)
-            con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch")
+            con.execute(f"INSERT {verb} INTO {table} BY NAME SELECT * FROM batch")
 
     # -- reads -------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
