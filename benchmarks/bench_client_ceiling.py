@@ -8,6 +8,9 @@ One fake OpenAI-compatible server (charter_testing.fake_openai, its own process,
 start to its exit, imports and all, as a user's command would:
 
 - `raw-aiohttp`: an aiohttp session posting the chat body and decoding the JSON (the ceiling).
+- `raw-aiohttp-label`: the same loop posting the bodies `charter label` sends (five few-shot
+  examples and the question, ~4.4 KB each, made by one untimed label run and read from a file as
+  bytes): the ceiling for label's payload, whose size the server pays for too.
 - `openai`: a plain `openai.AsyncOpenAI().chat.completions.create` loop.
 - `litellm`: a plain `litellm.acompletion(model="openai/bench", api_base=...)` loop.
 - `distilabel`: distilabel 1.5.3's TextGeneration + OpenAILLM pipeline over the same prompts, run
@@ -27,6 +30,7 @@ checkout's sources (measure a "before" with --src /path/to/main/src).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -42,7 +46,16 @@ from _common import fake_server, write_prompts  # noqa: E402  (the prompts every
 
 MODEL = "bench"
 PROMPT = "Question {i}: how do I keep my houseplants alive?"
-CLIENTS = ("raw-aiohttp", "openai", "litellm", "distilabel", "charter-revise", "charter-label")
+CLIENTS = (
+    "raw-aiohttp",
+    "raw-aiohttp-label",
+    "openai",
+    "litellm",
+    "distilabel",
+    "charter-revise",
+    "charter-label",
+)
+BODIES_ENV = "CHARTER_BENCH_BODIES"  # the raw label client's request bodies, one JSON per line
 
 
 # --------------------------------------------------------------------------- client processes
@@ -75,6 +88,33 @@ def client_raw_aiohttp(url: str, calls: int, concurrency: int) -> None:
                 for i in counter:
                     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT.format(i=i)}]}
                     async with session.post(f"{url}/chat/completions", json=body) as response:
+                        data = await response.json()
+                    assert data["choices"][0]["message"]["content"]
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    asyncio.run(main())
+
+
+def client_raw_aiohttp_label(url: str, calls: int, concurrency: int) -> None:
+    """The raw loop posting the very bodies `charter label` sends (few-shot, ~4.4 KB each), read
+    from a file as bytes: the ceiling for that payload, server side included."""
+    import asyncio
+
+    import aiohttp
+
+    with open(os.environ[BODIES_ENV], "rb") as f:
+        bodies = f.read().splitlines()[:calls]
+
+    async def main() -> None:
+        limit = aiohttp.TCPConnector(limit=concurrency)
+        headers = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession(connector=limit, headers=headers) as session:
+            counter = iter(bodies)
+
+            async def worker() -> None:
+                for body in counter:
+                    async with session.post(f"{url}/chat/completions", data=body) as response:
                         data = await response.json()
                     assert data["choices"][0]["message"]["content"]
 
@@ -139,7 +179,12 @@ def client_distilabel(url: str, calls: int, concurrency: int) -> None:
         raise SystemExit(f"distilabel made {made} rows, expected {calls}")
 
 
-CLIENT_FUNCS = {"raw-aiohttp": client_raw_aiohttp, "openai": client_openai, "litellm": client_litellm}
+CLIENT_FUNCS = {
+    "raw-aiohttp": client_raw_aiohttp,
+    "raw-aiohttp-label": client_raw_aiohttp_label,
+    "openai": client_openai,
+    "litellm": client_litellm,
+}
 
 
 # --------------------------------------------------------------------------- the parent
@@ -185,6 +230,8 @@ def measure(
     env = _env(args.src)
     stamp = time.monotonic_ns()
     tag = f"{client}-{conc}-{stamp}: "  # fresh prompts: no cache hits between cells or repeats
+    if client == "raw-aiohttp-label":
+        env[BODIES_ENV] = str(label_bodies(url, calls, args, tmp))
     if client in CLIENT_FUNCS:
         cmd = [sys.executable, str(HERE), "--client", client, url, str(calls), str(conc)]
         return timed(cmd, env), calls
@@ -205,6 +252,33 @@ def measure(
         timed(charter_cmd("sample", "--prompts", str(prompts), *common, "--n", "2"), env)  # untimed
         return timed(charter_cmd("label", *common, "--method", "logprobs", "--no-swap"), env), calls
     raise ValueError(client)
+
+
+def label_bodies(url: str, calls: int, args: argparse.Namespace, tmp: Path) -> Path:
+    """The bodies `charter label` posts, for the raw label client: one untimed sample + label run
+    (made once per benchmark), its `calls.request` turned back into request bodies."""
+    out = tmp / f"label-bodies-{calls}.jsonl"
+    if out.exists():
+        return out
+    import duckdb
+
+    env = _env(args.src)
+    db = tmp / "label-bodies.duckdb"
+    prompts = write_prompts(tmp / "label-bodies.jsonl", calls, "bodies: ")
+    common = ["--db", str(db), "--model", f"openai/{MODEL}", "--api-base", url, "--concurrency", "64"]
+    timed(charter_cmd("sample", "--prompts", str(prompts), *common, "--n", "2"), env)
+    timed(charter_cmd("label", *common, "--method", "logprobs", "--no-swap"), env)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        requests = [
+            json.loads(r[0]) for r in con.execute("SELECT request FROM calls WHERE step = 'label'").fetchall()
+        ]
+    finally:
+        con.close()
+    with out.open("w", encoding="utf-8") as f:
+        for request in requests:
+            f.write(json.dumps({"model": MODEL, "messages": request["messages"], **request["params"]}) + "\n")
+    return out
 
 
 def fixed_costs(url: str, args: argparse.Namespace, tmp: Path) -> list[str]:
@@ -323,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("ratios of calls/s (targets: >= 0.8x raw-aiohttp at c=64, >= 0.7x at the others; >= 5x distilabel)")
     for charter in ("charter-revise", "charter-label"):
-        for base in ("raw-aiohttp", "openai", "litellm", "distilabel"):
+        for base in ("raw-aiohttp", "raw-aiohttp-label", "openai", "litellm", "distilabel"):
+            if base == "raw-aiohttp-label" and charter != "charter-label":
+                continue
             if charter not in results or base not in results:
                 continue
             cells = []
