@@ -369,3 +369,26 @@ def test_a_query_in_the_base_url_is_kept_and_credentials_in_it_are_refused_unech
     with pytest.raises(ValueError, match="credentials") as refused:
         HTTPClient("http://someone:sekrit@127.0.0.1:1/v1")
     assert "sekrit" not in str(refused.value)
+
+
+def test_through_the_backend_a_429_carries_its_retry_after() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "slow down", "type": "rate_limit"}},
+            status=429,
+            headers={"Retry-After": "7"},
+        )
+
+    request = CompletionRequest(model="openai/m", messages=[{"role": "user", "content": "hi"}])
+
+    async def main() -> BackendError:
+        async with aiohttp_server(handler) as (url, _):
+            backend = OpenAIFastBackend("openai/m", api_base=url, client_options={"api_key": "k"})
+            with pytest.raises(BackendError) as raised:
+                await backend.complete(request)
+            await backend.aclose()
+            return raised.value
+
+    error = asyncio.run(main())
+    assert error.retryable and error.retry_after == 7.0 and error.status == 429
+    assert str(error).startswith("RateLimitError") and "slow down" in str(error)
