@@ -392,3 +392,22 @@ def test_through_the_backend_a_429_carries_its_retry_after() -> None:
     error = asyncio.run(main())
     assert error.retryable and error.retry_after == 7.0 and error.status == 429
     assert str(error).startswith("RateLimitError") and "slow down" in str(error)
+
+
+def test_a_non_ascii_base_path_is_percent_encoded_and_a_non_latin1_header_refused() -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response(CHAT)
+
+    async def main() -> None:
+        async with aiohttp_server(handler) as (url, _):
+            client = HTTPClient(url.replace("/v1", "/mödel%20a"), timeout=10)
+            await client.post("/chat/completions", b"{}")
+            await client.close()
+
+    asyncio.run(main())
+    assert seen == ["/m%C3%B6del%20a/chat/completions"]
+    with pytest.raises(ValueError, match="X-Who"):
+        HTTPClient("http://127.0.0.1:1", {"X-Who": "名前"})

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from charter import __version__
 
 USER_AGENT = f"charter/{__version__}"
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # RFC 3986 pchar and "/": left as they are
 
 
 class HTTPProtocolError(Exception):
@@ -276,8 +277,9 @@ class HTTPClient:
             raise ValueError(f"{base_url}: this client speaks plain http:// only")
         self.host = parts.hostname
         self.port = parts.port or 80
-        self.prefix = parts.path.rstrip("/")
-        self.query = f"?{parts.query}" if parts.query else ""  # kept on every request's path
+        # Percent-encoded as aiohttp's URL type would (escapes already there are kept).
+        self.prefix = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
+        self.query = f"?{quote(parts.query, safe=_PATH_SAFE + '?')}" if parts.query else ""
         if parts.username or parts.password:
             # aiohttp refuses them beside the Authorization header every request here has. The
             # message leaves the URL out: it holds a secret.
@@ -294,6 +296,11 @@ class HTTPClient:
             if any(c in f"{name}{value}" for c in "\r\n\0") or not name or ":" in name:
                 raise ValueError(f"HTTP header {name!r}: a name or value cannot hold a line break or NUL")
         self._headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
+        try:
+            self._headers.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            name = next(k for k, v in fixed.items() if not f"{k}{v}".isascii())
+            raise ValueError(f"HTTP header {name!r}: only Latin-1 text can be sent in a header") from exc
         self.timeout = timeout
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
