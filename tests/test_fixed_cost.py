@@ -27,7 +27,7 @@ try:
     runpy.run_module("charter", run_name="__main__")
 except SystemExit as exc:
     code = exc.code or 0
-print("IMPORTED:" + ",".join(m for m in ("litellm", "duckdb", "openai", "pandas", "numpy", "pyarrow", "yaml", "jinja2") if m in sys.modules))
+print("IMPORTED:" + ",".join(m for m in ("litellm", "aiohttp", "duckdb", "openai", "pandas", "numpy", "pyarrow", "yaml", "jinja2") if m in sys.modules))
 import gc
 print("GC:" + ",".join(map(str, gc.get_threshold())) + f" frozen={gc.get_freeze_count() > 0}")
 sys.exit(code)
@@ -84,6 +84,8 @@ def test_fast_path_run_never_imports_litellm(server: FakeOpenAIServer, tmp_path:
     code, imported, stderr = probe(*args, "--rounds", "1", "--concurrency", "12")
     assert code == 0, stderr
     assert "litellm" not in imported
+    # Nor aiohttp: a plain-http endpoint is posted by charter's own HTTP client.
+    assert "aiohttp" not in imported
     # Nor pandas, pyarrow or NumPy: a run this short hands its rows to DuckDB as plain lists.
     assert not imported & {"pandas", "pyarrow", "numpy"}, imported
     calls = query(db, "SELECT count(*), count(cost_usd) FROM calls WHERE error IS NULL")[0]

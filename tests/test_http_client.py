@@ -319,6 +319,28 @@ def test_the_backend_picks_charters_client_for_http_and_aiohttp_for_https(
         transport_for("http://127.0.0.1:8000/v1")
 
 
+REQUEST = CompletionRequest(model="openai/m", messages=[{"role": "user", "content": "hi"}])
+
+
+def backend_failure(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], headers: dict[str, str] | None = None
+) -> BackendError:
+    """The `BackendError` the fast backend raises for one request to an aiohttp server running `handler`."""
+
+    async def main() -> BackendError:
+        async with aiohttp_server(handler) as (url, _):
+            options: dict[str, Any] = {"api_key": "k", "headers": headers or {}}
+            backend = OpenAIFastBackend("openai/m", api_base=url, client_options=options)
+            try:
+                with pytest.raises(BackendError) as raised:
+                    await backend.complete(REQUEST)
+            finally:
+                await backend.aclose()
+            return raised.value
+
+    return asyncio.run(main())
+
+
 def test_through_the_backend_a_torn_answer_is_retryable_and_a_redirect_is_not() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.headers.get("X-Kind") == "redirect":
@@ -330,23 +352,8 @@ def test_through_the_backend_a_torn_answer_is_retryable_and_a_redirect_is_not() 
         request.transport.close()  # the server dies mid-answer
         return response
 
-    request = CompletionRequest(model="openai/m", messages=[{"role": "user", "content": "hi"}])
-
-    async def main() -> tuple[BackendError, BackendError]:
-        async with aiohttp_server(handler) as (url, _):
-            torn = OpenAIFastBackend("openai/m", api_base=url, client_options={"api_key": "k"})
-            with pytest.raises(BackendError) as first:
-                await torn.complete(request)
-            await torn.aclose()
-            moved = OpenAIFastBackend(
-                "openai/m", api_base=url, client_options={"api_key": "k", "headers": {"X-Kind": "redirect"}}
-            )
-            with pytest.raises(BackendError) as second:
-                await moved.complete(request)
-            await moved.aclose()
-            return first.value, second.value
-
-    torn, moved = asyncio.run(main())
+    torn = backend_failure(handler)
+    moved = backend_failure(handler, {"X-Kind": "redirect"})
     assert torn.retryable
     assert not moved.retryable and moved.status == 307
 
@@ -379,17 +386,7 @@ def test_through_the_backend_a_429_carries_its_retry_after() -> None:
             headers={"Retry-After": "7"},
         )
 
-    request = CompletionRequest(model="openai/m", messages=[{"role": "user", "content": "hi"}])
-
-    async def main() -> BackendError:
-        async with aiohttp_server(handler) as (url, _):
-            backend = OpenAIFastBackend("openai/m", api_base=url, client_options={"api_key": "k"})
-            with pytest.raises(BackendError) as raised:
-                await backend.complete(request)
-            await backend.aclose()
-            return raised.value
-
-    error = asyncio.run(main())
+    error = backend_failure(handler)
     assert error.retryable and error.retry_after == 7.0 and error.status == 429
     assert str(error).startswith("RateLimitError") and "slow down" in str(error)
 

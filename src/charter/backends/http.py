@@ -93,8 +93,7 @@ class _Connection(asyncio.Protocol):
     def _closed_by_peer(self, exc: Exception | None = None) -> None:
         if self.closed:
             return
-        self.closed = True
-        self.reusable = False
+        self.closed = True  # never reused again (`HTTPClient._exchange` checks)
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
@@ -109,7 +108,6 @@ class _Connection(asyncio.Protocol):
         waiter.set_exception(error)
 
     def _fail(self, exc: Exception) -> None:
-        self.reusable = False
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
         self.abort()
