@@ -169,6 +169,18 @@ def test_bad_model_key_or_endpoint_exits_2_before_writing(
         assert not db.exists()
 
 
+def test_an_unknown_http_transport_exits_2_before_writing(
+    cli: Any, prompts_file: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "x.duckdb"
+    args = ["revise", prompts_file, "--db", db, "-m", CHAT_MODEL, "--api-base", "http://127.0.0.1:9/v1"]
+    result = cli(*args, env={"CHARTER_HTTP_TRANSPORT": "curl"})
+    assert result.code == 2, result.stderr
+    assert "CHARTER_HTTP_TRANSPORT='curl': one of auto, aiohttp, openai, httpx" in result.stderr
+    assert len(result.error_lines()) == 1
+    assert not db.exists()
+
+
 def test_preflight_accepts_what_can_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     check_model("openai/x", api_base="http://127.0.0.1:8000/v1")  # a local server needs no key

@@ -133,12 +133,18 @@ def classify_openai_error(
 TRANSPORTS = ("auto", "aiohttp", "openai", "httpx")
 
 
-def transport_for(api_base: str) -> str:
-    """The transport CHARTER_HTTP_TRANSPORT picks for `api_base`: "http" (charter's own client),
-    "aiohttp" or "openai" (the SDK; its httpx transport with `httpx`)."""
+def transport_setting() -> str:
+    """CHARTER_HTTP_TRANSPORT, checked: one of `TRANSPORTS` (ValueError naming them otherwise)."""
     chosen = os.environ.get("CHARTER_HTTP_TRANSPORT", "auto").strip().lower() or "auto"
     if chosen not in TRANSPORTS:
         raise ValueError(f"CHARTER_HTTP_TRANSPORT={chosen!r}: one of {', '.join(TRANSPORTS)}")
+    return chosen
+
+
+def transport_for(api_base: str) -> str:
+    """The transport CHARTER_HTTP_TRANSPORT picks for `api_base`: "http" (charter's own client),
+    "aiohttp" or "openai" (the SDK; its httpx transport with `httpx`)."""
+    chosen = transport_setting()
     if chosen == "auto":
         return "http" if api_base.lower().startswith("http://") else "aiohttp"
     return "openai" if chosen == "httpx" else chosen

@@ -56,6 +56,12 @@ def check_model(
         return
     if prefix is not None and prefix not in ("openai/", "text-completion-openai/", "hosted_vllm/"):
         return  # a plugin's backend: it knows its own model strings
+    from charter.backends.openai_fast import transport_setting
+
+    try:  # read when the first call is made, after the database is open: checked here instead
+        transport_setting()
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
     has_key = any(client.get(k) for k in SECRET_PARAMS)
     if model.startswith("hosted_vllm/"):
         if not bases and not os.environ.get("HOSTED_VLLM_API_BASE"):
