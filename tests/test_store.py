@@ -349,6 +349,98 @@ def test_an_older_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
         assert store.query("SELECT count(*) FROM comparisons") == [(0,)]  # the views are there
 
 
+def _file_at_version(db: Path, version: int, storage: str | None = None) -> None:
+    """A database file as an older charter left it: the first `version` migrations applied."""
+    from charter.store.schema import MIGRATIONS
+
+    con = duckdb.connect()
+    options = f" (STORAGE_VERSION '{storage}')" if storage else ""
+    con.execute(f"ATTACH '{db}' AS old{options}")
+    con.execute("USE old")
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for number, sql in enumerate(MIGRATIONS[:version], start=1):
+        assert isinstance(sql, str)
+        con.execute(sql)
+        con.execute("INSERT INTO schema_version VALUES (?)", [number])
+    con.close()
+
+
+def _label_sized_calls(store: Store, run_id: str, n: int) -> None:
+    # Label requests: the same few-shot examples in every request, then the pair's own question.
+    shots = [
+        {"role": "user", "content": f"Example {i}: which response is more helpful? " * 20} for i in range(5)
+    ]
+    for i in range(n):
+        messages = [*shots, {"role": "user", "content": f"Question {i}: (A) yes or (B) no?"}]
+        store.add_call(
+            {
+                "call_id": f"c{i}",
+                "run_id": run_id,
+                "step": "label",
+                "model": "m",
+                "cache_key": f"k{i}",
+                "request": {"mode": "chat", "messages": messages},
+                "response_text": " (A)",
+            }
+        )
+    store.flush()
+
+
+def test_an_upgraded_file_stores_requests_in_less_space_and_keeps_its_calls(tmp_path, monkeypatch):
+    """Migration 7 rebuilds `calls` with ZSTD on the request/response JSON: the rows, the primary key
+    and the cache-key index survive, and label-sized requests take much less disk than before."""
+    import charter.store.store as store_module
+
+    sizes = {}
+    for version in (6, 7):
+        db = tmp_path / f"v{version}.duckdb"
+        _file_at_version(db, 6)
+        con = duckdb.connect(str(db))
+        con.execute("INSERT INTO runs (run_id, name, command) VALUES ('r1', 'old', 'label')")
+        con.execute(
+            "INSERT INTO calls (call_id, run_id, step, model, cache_key, request) "
+            "VALUES ('kept', 'r1', 'label', 'm', 'k-kept', '{\"mode\": \"chat\"}')"
+        )
+        con.close()
+        with monkeypatch.context() as patch:
+            if version == 6:  # the charter before this migration
+                patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:6])
+            store = Store(db)
+        with store:
+            _label_sized_calls(store, "r1", 3000)
+            assert store.query("SELECT max(version) FROM schema_version") == [(version,)]
+        sizes[version] = db.stat().st_size
+    upgraded = tmp_path / "v7.duckdb"
+    assert query(upgraded, "SELECT count(*) FROM calls") == [(3001,)]
+    assert query(upgraded, "SELECT request FROM calls WHERE call_id = 'kept'") == [('{"mode": "chat"}',)]
+    assert query(upgraded, "SELECT index_name FROM duckdb_indexes() WHERE table_name = 'calls'") == [
+        ("calls_cache_key",)
+    ]
+    con = duckdb.connect(str(upgraded))
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute(
+            "INSERT INTO calls (call_id, run_id, step, model, cache_key, request) "
+            "VALUES ('kept', 'r1', 'label', 'm', 'k', '{}')"
+        )
+    con.close()
+    assert sizes[7] < 0.7 * sizes[6], sizes
+
+
+def test_a_file_in_an_older_storage_format_upgrades_without_zstd(tmp_path):
+    """DuckDB's storage format before v1.2 has no ZSTD for strings: such a file still opens, reaches
+    the latest schema version, and takes new calls (its `calls` keep DuckDB's default compression)."""
+    db = tmp_path / "old-format.duckdb"
+    _file_at_version(db, 6, storage="v1.0.0")
+    with Store(db) as store:
+        run_id, _ = store.start_run("old", "label", {})
+        _label_sized_calls(store, run_id, 10)
+        assert store.query("SELECT count(*) FROM calls") == [(10,)]
+    from charter.store.schema import MIGRATIONS
+
+    assert query(db, "SELECT max(version) FROM schema_version") == [(len(MIGRATIONS),)]
+    assert "ZSTD" not in query(db, "SELECT sql FROM duckdb_tables() WHERE table_name = 'calls'")[0][0]
+
+
 def test_an_upgrade_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     """Migrations are applied in one transaction: when a later one fails, the earlier ones of the
     same open are not half-applied and the file keeps its old version and rows."""

@@ -420,9 +420,11 @@ class Store:
                 current = int(row[0]) if row and row[0] is not None else 0
                 if current < len(MIGRATIONS):
                     views.drop_views(con)  # recreated below; a view over a table blocks altering it
-                for version, sql in enumerate(MIGRATIONS, start=1):
+                for version, migration in enumerate(MIGRATIONS, start=1):
                     if version > current:
-                        con.execute(sql)
+                        sql = migration(con) if callable(migration) else migration
+                        if sql.strip():
+                            con.execute(sql)
                         con.execute("INSERT INTO schema_version VALUES (?)", [version])
                 views.create_views(con)
                 con.execute("COMMIT")
