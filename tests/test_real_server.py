@@ -125,7 +125,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     from charter_transformers.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("transformers-serve")
-    model_dir = build_tiny_model(root / "tiny-model")
+    # A context that holds the paper's few-shot prompts: the tiny vocabulary splits them into ~6,500
+    # tokens, and transformers serve (5.25 and later) refuses a prompt longer than the model's context.
+    model_dir = build_tiny_model(root / "tiny-model", max_position_embeddings=16384)
     server = RealServer(model_dir, root / "server.log")
     try:
         server.wait_ready(READY_DEADLINE_S)
