@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -135,6 +136,20 @@ def test_rpm_spaces_the_requests(cli, server, tmp_path):
     assert len(arrivals) == 5 and took >= 1.2
     later = sorted(arrivals)[1:]  # the first request also pays for opening the connection
     assert later[-1] - later[0] >= 3 * 0.3 - 0.1
+
+
+def test_a_request_encodes_its_messages_once_and_a_copy_with_other_messages_its_own():
+    """The messages' JSON is made once per request and spliced into the key, `calls.request` and the
+    body: a copy given other messages must not reuse it."""
+    from charter.backends.base import CompletionRequest
+
+    request = CompletionRequest(model="openai/m", messages=[{"role": "user", "content": 'Ünï "a"'}])
+    other = request.model_copy(update={"messages": [{"role": "user", "content": "b"}]})
+    assert request.cache_key() != other.cache_key()
+    assert json.loads(other.log_json())["messages"] == [{"role": "user", "content": "b"}]
+    assert json.loads(request.log_json()) == request.to_log()
+    scored = CompletionRequest(model="openai/m", mode="completion", prompt="p", score_options=[" (A)"])
+    assert json.loads(scored.log_json()) == scored.to_log()
 
 
 def test_the_request_cache_key_keeps_its_bytes():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import random
 import time
 import uuid
@@ -25,9 +24,6 @@ from tenacity.wait import wait_base
 from charter.backends.base import Backend, BackendError, Completion, CompletionRequest
 from charter.runner_options import RunnerOptions
 from charter.store.store import CachedCall, Store, completion_to_json
-
-# `calls.request` as json.dumps(..., ensure_ascii=False) writes it, with the encoder made once.
-_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -261,7 +257,7 @@ class Runner:
             "step": step,
             "model": request.model,
             "cache_key": key,
-            "request": _LOG_ENCODER.encode(request.to_log()),
+            "request": request.log_json(),
             "attempts": attempts,
             "error": error,
             "cached": cached,

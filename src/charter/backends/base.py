@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from charter.backends.params import redact
 
@@ -18,6 +18,13 @@ Mode = Literal["chat", "completion"]
 # The cache key's serialization (its format is the key: never change it). One encoder made once:
 # json.dumps with any option builds a new JSONEncoder per call.
 _KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+# `calls.request`'s serialization (as json.dumps(..., ensure_ascii=False) writes it).
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+def with_member(obj: str, name: str, value: str) -> str:
+    """The JSON object text `obj` with the member `"name": value` (`value` already JSON) added last."""
+    return f'{obj[:-1]}{", " if obj != "{}" else ""}"{name}": {value}}}'
 
 
 class CompletionRequest(BaseModel):
@@ -36,13 +43,30 @@ class CompletionRequest(BaseModel):
     n: int = 1
     sample_index: int = 0
     score_options: list[str] | None = None
+    # (the messages list encoded, its JSON text): see `messages_json`.
+    _messages_text: tuple[Any, str] | None = PrivateAttr(default=None)
+
+    def messages_json(self) -> str:
+        """`messages` as JSON text (keys sorted, non-ASCII as it is; `null` without messages).
+
+        The cache key, `calls.request` and the HTTP body all carry the messages, and a few-shot label
+        request has ~4 KB of them: they are encoded once per request and that text is spliced into
+        all three (three encodings were a tenth of a label call's CPU). A request's messages are not
+        changed in place once it is made (every step builds a new request); a copy given other
+        messages (`model_copy(update=...)`) encodes its own.
+        """
+        memo = self._messages_text
+        if memo is not None and memo[0] is self.messages:
+            return memo[1]
+        text = _KEY_ENCODER.encode(self.messages)
+        self._messages_text = (self.messages, text)
+        return text
 
     def cache_key(self) -> str:
         """Hash of everything that determines the answer; credentials in params are redacted first."""
         fields: dict[str, Any] = {
             "model": self.model,
             "mode": self.mode,
-            "messages": self.messages,
             "prompt": self.prompt,
             "params": redact(self.params),
             "n": self.n,
@@ -50,14 +74,26 @@ class CompletionRequest(BaseModel):
         }
         if self.score_options is not None:  # only then: every other request keeps its key
             fields["score_options"] = self.score_options
-        blob = _KEY_ENCODER.encode(fields)
+        # The bytes of the whole dict encoded with sorted keys: "messages" sorts first of them.
+        rest = _KEY_ENCODER.encode(fields)
+        blob = f'{{"messages": {self.messages_json()}, {rest[1:]}'
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def log_json(self) -> str:
+        """`to_log()` as the JSON text `calls.request` stores (the messages' one encoding spliced in)."""
+        out = self._log_fields()
+        text = _LOG_ENCODER.encode(out)
+        return text if self.messages is None else with_member(text, "messages", self.messages_json())
 
     def to_log(self) -> dict[str, Any]:
         """The JSON stored in `calls.request`: prompt or messages and parameters, no secrets."""
-        out: dict[str, Any] = {"mode": self.mode, "params": redact(self.params)}
+        out = self._log_fields()
         if self.messages is not None:
             out["messages"] = self.messages
+        return out
+
+    def _log_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "params": redact(self.params)}
         if self.prompt is not None:
             out["prompt"] = self.prompt
         if self.n != 1:

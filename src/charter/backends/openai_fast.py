@@ -33,7 +33,14 @@ import time
 from typing import Any
 
 from charter.backends import pricing
-from charter.backends.base import BackendError, Completion, CompletionRequest, TokenLogprob, choice_text
+from charter.backends.base import (
+    BackendError,
+    Completion,
+    CompletionRequest,
+    TokenLogprob,
+    choice_text,
+    with_member,
+)
 from charter.backends.http import HTTPClient
 from charter.backends.litellm_backend import (
     DEFAULT_TIMEOUT,
@@ -224,7 +231,6 @@ class OpenAIFastBackend:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             headers=self._lean_headers,
-            json_serialize=json.dumps,
         )
 
     def _openai_client(self) -> Any:
@@ -264,10 +270,10 @@ class OpenAIFastBackend:
         """One request through the openai client; errors become `BackendError` (no client retries)."""
         if not self.handles(request):
             return await self.fallback.complete(request)
+        chat = request.mode == "chat"
         body: dict[str, Any] = {"model": self.remote_model}
-        if request.mode == "chat":
+        if chat:
             path = "/chat/completions"
-            body["messages"] = request.messages
         else:
             path = "/completions"
             body["prompt"] = request.prompt
@@ -280,12 +286,18 @@ class OpenAIFastBackend:
             client = self._client()
         except ValueError as exc:  # an endpoint URL or header the client refuses: no retry can help
             raise BackendError(str(exc), retryable=False) from exc
+        if self._transport != "openai":
+            # The body as JSON bytes, the messages' text (encoded once per request) spliced in.
+            text = json.dumps(body)
+            payload = (with_member(text, "messages", request.messages_json()) if chat else text).encode()
+        elif chat:
+            body["messages"] = request.messages
         started = time.perf_counter()
         try:
             if self._transport == "http":
-                data = await _post_http(client, path, body)
+                data = await _post_http(client, path, payload)
             elif self._transport == "aiohttp":
-                data = await _post_json(client, self._base + path, body)
+                data = await _post_json(client, self._base + path, payload)
             else:
                 # cast_to=object: the JSON as plain dicts, skipping the SDK's response models.
                 data = await client.post(path, cast_to=object, body=body)
@@ -385,16 +397,19 @@ def _answer(status: int, raw: bytes, headers: Any) -> Any:
     return json.loads(raw)
 
 
-async def _post_http(client: HTTPClient, path: str, body: dict[str, Any]) -> Any:
-    """POST `body` as JSON with charter's HTTP client (the same bytes aiohttp's `json=` sends)."""
-    response = await client.post(path, json.dumps(body).encode())
+async def _post_http(client: HTTPClient, path: str, payload: bytes) -> Any:
+    """POST the JSON `payload` with charter's HTTP client and decode the answer."""
+    response = await client.post(path, payload)
     return _answer(response.status, response.body, response.headers)
 
 
-async def _post_json(session: Any, url: str, body: dict[str, Any]) -> Any:
-    """POST `body` as JSON and decode the answer: aiohttp and json only, about a third of the
+_JSON_TYPE = {"Content-Type": "application/json"}
+
+
+async def _post_json(session: Any, url: str, payload: bytes) -> Any:
+    """POST the JSON `payload` and decode the answer: aiohttp and json only, about a third of the
     openai client's CPU per call (no request-options objects, no response wrappers)."""
-    async with session.post(url, json=body) as response:
+    async with session.post(url, data=payload, headers=_JSON_TYPE) as response:
         raw = await response.read()
         status = response.status
         headers = response.headers

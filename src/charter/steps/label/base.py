@@ -285,7 +285,10 @@ class Labeler(Step[PairItem]):
             )
             for swapped in orders:
                 jobs.append(Query(state, member, principle, swapped, few_shot))
-        answers = await asyncio.gather(*(self.ask(job, ctx) for job in jobs))
+        if len(jobs) == 1:  # the default (no ensemble, no swap): no task and gathering future per pair
+            answers = [await self.ask(jobs[0], ctx)]
+        else:
+            answers = list(await asyncio.gather(*(self.ask(job, ctx) for job in jobs)))
         state.principles = [p.name for p in principles]
         state.queries = [q for a in answers for q in a.queries]
         texts = [q.text for q in state.queries if q.text is not None]
