@@ -799,8 +799,10 @@ class Store:
             cols = (
                 self._connection()
                 .execute(
-                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-                    "ORDER BY ordinal_position",
+                    # duckdb_columns(), not information_schema.columns: the same rows without DuckDB
+                    # parsing the information_schema views first (10 ms of every run's first flush).
+                    "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+                    "ORDER BY column_index",
                     [table],
                 )
                 .fetchall()
