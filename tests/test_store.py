@@ -289,6 +289,24 @@ def test_a_journal_of_rows_already_committed_replays_without_duplicates_or_loss(
     assert not journal_path(db).exists()
 
 
+def test_rows_written_again_are_kept_once_and_the_rest_of_their_flush_is_written(tmp_path):
+    """Rows go in with a plain INSERT first: one already in the file must not fail the flush or
+    lose the rows beside it (the transaction is redone, duplicates ignored), nor the next flush."""
+    db = tmp_path / "cai.duckdb"
+    prompt = {"prompt_id": "p0", "prompt": "hi", "messages": "[]"}
+    with Store(db) as store:
+        run_id, _ = store.start_run("again", "test", {})
+        store.add_rows("prompts", [{**prompt, "run_id": run_id}])
+        store.flush()
+        for i in (1, 2):
+            store.add_rows(
+                "prompts", [{**prompt, "run_id": run_id}, {**prompt, "run_id": run_id, "prompt_id": f"p{i}"}]
+            )
+            store.flush()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT prompt_id FROM prompts ORDER BY 1").fetchall() == [("p0",), ("p1",), ("p2",)]
+
+
 def test_each_reader_sees_every_call_finished_before_it_asked(tmp_path):
     """A second `charter sql` while the run is between timed flushes: the rows finished since the
     first reader are written for it, not left in the writer's buffer."""

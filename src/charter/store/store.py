@@ -371,6 +371,8 @@ class Store:
         self._columns: dict[str, list[str]] = {}
         self._json_columns: dict[str, set[str]] = {}
         self._rows_written = 0  # committed by this Store: which way batches go to DuckDB (_LIST_ROWS)
+        # Tables a plain INSERT met a row already there in: they go in with OR IGNORE from then on.
+        self._overlapping: set[str] = set()
         self._readers = 0  # processes reading the file right now (we let go of it for them)
         self._closing = False
         self._wanted = False  # we wait for the file: new readers wait for us
@@ -701,8 +703,9 @@ class Store:
         try:
             self._write_tables(con, pending, optimistic=True)
         except duckdb.ConstraintException:
-            # A fresh call already in the file: a journal replayed after a kill that came between a
-            # commit and the journal's reset. The same transaction again, every duplicate ignored.
+            # A row already in the file (a journal replayed after a kill that came between a commit
+            # and the journal's reset; a table whose rows a command writes again): the same
+            # transaction again, every duplicate ignored.
             self._write_tables(con, pending, optimistic=False)
 
     def _write_tables(
@@ -725,6 +728,15 @@ class Store:
                         self._insert_batch(table, fresh, ignore=False)
                     if again:
                         self._insert_batch(table, again)
+                elif optimistic and table not in self._overlapping:
+                    # The other tables' rows are new too, nearly always (a finished item is skipped
+                    # on resume): a plain INSERT (half the time of OR IGNORE for a label's
+                    # pair_labels and feedback_queries), and OR IGNORE once one is met again.
+                    try:
+                        self._insert_batch(table, rows, ignore=False)
+                    except duckdb.ConstraintException:
+                        self._overlapping.add(table)
+                        raise
                 else:
                     self._insert_batch(table, rows)
             con.execute("COMMIT")
