@@ -59,6 +59,8 @@ MACROS = [
     "{% macro outer(xs) %}{% for x in xs %}{{ inner(x, loop.index) }}{% endfor %}{% endmacro %}"
     "{% macro inner(x, i) %}{{ i }}={{ x }};{% endmacro %}{% for xs in [[1, 2], [3]] %}{{ outer(xs) }}/{% endfor %}",
     "{% macro m() %}{% set v = 1 %}{{ v }}{% endmacro %}{% set v = 2 %}{{ m() }}{{ v }}{{ m|attr('name') }}",
+    # Every argument by position (the macro's function is called with them as they are), and not.
+    "{% macro d(a, b='x') %}{{ a }}-{{ b }}{% endmacro %}{{ d(1, 2) }} {{ d(3) }} {{ d(4, b=5) }} {{ d(b=6, a=7) }}",
 ]
 
 

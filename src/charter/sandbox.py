@@ -205,13 +205,31 @@ class BoundedEnvironment(SandboxedEnvironment):
             kwargs.pop("_block_vars", None)
             kwargs.pop("_loop_vars", None)
             try:
-                result = __obj(*args, **kwargs)
+                if not kwargs and _plain_macro(__obj, len(args)):
+                    # Every argument given by position, nothing else the macro takes: what
+                    # `Macro.__call__` would pass its function is `args` as they are.
+                    result = __obj._func(*args)
+                else:
+                    result = __obj(*args, **kwargs)
             except StopIteration:
                 return __context.environment.undefined(
                     "value was undefined because a callable raised a StopIteration exception"
                 )
             return _check_size(result, "a call's result")
         return _check_size(super().call(__context, __obj, *args, **kwargs), "a call's result")
+
+
+def _plain_macro(macro: Macro, count: int) -> bool:
+    """`count` positional arguments are all `macro` takes: no caller, varargs or kwargs, no
+    autoescaping of its result, not async (Jinja's private fields; the generic call otherwise)."""
+    return (
+        getattr(macro, "_argument_count", None) == count
+        and not macro.caller
+        and not macro.catch_kwargs
+        and not macro.catch_varargs
+        and getattr(macro, "_default_autoescape", True) is False
+        and not macro._environment.is_async
+    )
 
 
 def render_bounded(template: Any, context: dict[str, Any]) -> str:
