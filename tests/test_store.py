@@ -307,6 +307,23 @@ def test_rows_written_again_are_kept_once_and_the_rest_of_their_flush_is_written
     assert con.execute("SELECT prompt_id FROM prompts ORDER BY 1").fetchall() == [("p0",), ("p1",), ("p2",)]
 
 
+def test_items_come_the_same_fetched_whole_or_spilled_to_disk(tmp_path, monkeypatch):
+    """A small result is fetched at once, a large one streamed from a Parquet spill: same rows."""
+    from charter.store import store as store_module
+
+    with Store(tmp_path / "cai.duckdb") as store:
+        run_id, _ = store.start_run("items", "test", {})
+        rows = [
+            {"run_id": run_id, "prompt_id": f"p{i}", "prompt": f"hi {i}", "messages": "[]"} for i in range(7)
+        ]
+        store.add_rows("prompts", rows)  # flushed by iter_dicts itself
+        sql = "SELECT prompt_id, prompt FROM prompts ORDER BY prompt_id"
+        whole = list(store.iter_dicts(sql))
+        monkeypatch.setattr(store_module, "_IN_MEMORY_ROWS", 3)
+        spilled = list(store.iter_dicts(sql, batch_size=2))
+    assert whole == spilled == [{"prompt_id": f"p{i}", "prompt": f"hi {i}"} for i in range(7)]
+
+
 def test_each_reader_sees_every_call_finished_before_it_asked(tmp_path):
     """A second `charter sql` while the run is between timed flushes: the rows finished since the
     first reader are written for it, not left in the writer's buffer."""

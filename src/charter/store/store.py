@@ -17,8 +17,9 @@ The writer holds `DB.lock` for its life (a second writer gets "in use by PID N")
 connection only until a reader asks for the file (`charter.store.lock`): `open_read_only` asks the
 writer, which flushes and lets go until the reader is done, buffering results (and journaling
 them) meanwhile. Nothing is paid while nobody watches; each look costs the writer one reopen (tens
-of milliseconds). `iter_dicts` streams from a spilled Parquet file rather than a cursor, so a reader
-can come in while a step is still reading its items.
+of milliseconds). `iter_dicts` holds no cursor while its rows are consumed (it fetches a small
+result whole, and streams a large one from a spilled Parquet file), so a reader can come in while
+a step is still reading its items.
 """
 
 from __future__ import annotations
@@ -297,6 +298,10 @@ def _key_prefix(cache_key: str) -> int:
         return int(cache_key[:16], 16)
     except ValueError:
         return hash(cache_key)
+
+
+# `Store.iter_dicts` fetches a result of up to this many rows whole instead of spilling it to disk.
+_IN_MEMORY_ROWS = 5_000
 
 
 # Error texts that mean the file cannot be written at all (as opposed to one row it refuses).
@@ -872,10 +877,29 @@ class Store:
     ) -> Iterator[dict[str, Any]]:
         """Stream a query's rows as dicts, `batch_size` at a time (flat memory on big tables).
 
-        The result is spilled to a temporary Parquet file first (DuckDB writes it) and streamed from
-        there through an in-memory DuckDB, so no cursor keeps the database open while the rows are
-        consumed (readers may come in meanwhile), and neither pyarrow nor NumPy is imported (0.14 s).
+        No cursor keeps the database open while the rows are consumed (readers may come in
+        meanwhile): a result of up to `_IN_MEMORY_ROWS` rows is fetched whole; a larger one is
+        spilled to a temporary Parquet file (DuckDB writes it) and streamed from there through an
+        in-memory DuckDB, and neither pyarrow nor NumPy is imported (0.14 s).
         """
+        with self._lock:
+            self.flush()
+            # A cursor of its own, closed at once: the writer's connection is left with no result.
+            cursor = self._connection().cursor()
+            try:
+                cursor.execute(sql, params or [])
+                names = [d[0] for d in cursor.description or []]
+                # Most runs' items fit in memory many times over: fetched at once they cost a few
+                # milliseconds, where the spill's second DuckDB instance and file cost ~20 before
+                # the first row (and the first request of the run).
+                head = cursor.fetchmany(_IN_MEMORY_ROWS + 1)
+            finally:
+                cursor.close()
+        if len(head) <= _IN_MEMORY_ROWS:
+            for row in head:
+                yield dict(zip(names, row, strict=True))
+            return
+        del head
         spill = Path(tempfile.mkdtemp(prefix="charter-rows-"))
         try:
             path = spill / "rows.parquet"
