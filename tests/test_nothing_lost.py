@@ -302,3 +302,35 @@ def test_export_leaves_no_temp_file_after_an_error_and_ignores_a_stale_one(
     with pytest.raises((duckdb.Error, ValueError), match="Conversion Error"):
         export(db, "sft", tmp_path / "bad.jsonl", where="CAST(prompt AS INTEGER) > 0")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bad")) == []
+
+
+def test_once_every_item_started_what_finished_is_committed_while_the_last_answers_come(tmp_path):
+    """The rows of finished items reach the file while the last items still wait for their
+    answers (a kill then loses only the calls in flight; the flush left after the last answer is
+    small), not only after the last answer."""
+    import asyncio
+
+    from charter_testing.fake_backend import FakeBackend
+
+    import charter
+
+    class LastOneWaits(FakeBackend):
+        committed_meanwhile = -1
+
+        async def complete(self, request):  # type: ignore[no-untyped-def]
+            if "last one" in request.messages[-1]["content"]:
+                for _ in range(200):  # up to 10 s: the other five finish in milliseconds
+                    await asyncio.sleep(0.05)
+                    self.committed_meanwhile = store.con.execute("SELECT count(*) FROM calls").fetchone()[0]
+                    if self.committed_meanwhile == 5:
+                        break
+            return await super().complete(request)
+
+    prompts = write_prompts(
+        tmp_path / "prompts.jsonl", [*(f"question {i}" for i in range(5)), "the last one"]
+    )
+    backend = LastOneWaits()
+    with Store(tmp_path / "cai.duckdb") as store:
+        summary = charter.revise(prompts, db=store, model="fake/m", backend=backend, rounds=0, concurrency=2)
+    assert summary.completed == 6
+    assert backend.committed_meanwhile == 5

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -220,7 +220,14 @@ async def _drive(
 ) -> None:
     """Run the job's pending items `call.options.concurrency` at a time, storing each finished one."""
     run_id, options, rows, item_id = summary.run_id, call.options, job.rows, job.item_id
-    items = job.items(done)
+    started_all = False
+
+    def every_item() -> Iterator[S]:
+        nonlocal started_all
+        yield from job.items(done)
+        started_all = True  # asked for one more: the last item has started
+
+    items = every_item()
     bar = _Progress(summary.total - summary.skipped, call.progress, summary)
 
     def on_call(result: CallResult) -> None:
@@ -256,6 +263,7 @@ async def _drive(
 
     with_sigterm = _add_signal_handler(loop, signal.SIGTERM, on_sigterm)
     ticker = asyncio.ensure_future(bar.tick()) if bar.line_seconds else None
+    tail: asyncio.Future[None] | None = None
     try:
         # aclosing: on an error (a failed write) the calls still in flight are cancelled here, before
         # the clients close below, not later by the loop's shutdown (by then one may have opened a
@@ -275,9 +283,12 @@ async def _drive(
                         summary.completed += 1
                     store.maybe_flush()
                     bar.advance()
+                    if started_all and tail is None:
+                        tail = asyncio.ensure_future(_flush_while_waiting(store))
     finally:
-        if ticker is not None:
-            ticker.cancel()
+        for task in (ticker, tail):
+            if task is not None:
+                task.cancel()
         if with_sigterm:
             loop.remove_signal_handler(signal.SIGTERM)
         summary.calls = runner.calls_made
@@ -287,6 +298,19 @@ async def _drive(
         finally:
             await _close_clients(backend)
             summary.errors.extend(f"not stored: {r}" for r in store.rejected[:5])
+
+
+async def _flush_while_waiting(store: Store) -> None:
+    """Every item has started: from here the run waits for its last answers. What finished goes to
+    the file meanwhile (once the last items have sent their requests), then every `flush_seconds`,
+    so what is left to flush after the last answer is small, and a kill loses only calls in flight."""
+    await asyncio.sleep(0)
+    while True:
+        try:
+            store.maybe_flush(now=True)
+        except Exception:
+            return  # kept buffered and journaled: the run's own last flush reports it
+        await asyncio.sleep(store.flush_seconds)
 
 
 def _add_signal_handler(loop: asyncio.AbstractEventLoop, signum: int, handler: Callable[[], None]) -> bool:

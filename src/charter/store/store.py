@@ -655,10 +655,11 @@ class Store:
             bucket.extend(rows)
             self._pending_count += len(bucket) - before
 
-    def maybe_flush(self) -> None:
-        """Flush when enough rows or time have accumulated (not while a reader has the file)."""
+    def maybe_flush(self, *, now: bool = False) -> None:
+        """Flush when enough rows or time have accumulated, or whatever is buffered with `now` (not
+        while a reader has the file)."""
         if self._pending_count >= self.flush_rows or (
-            self._pending_count and time.monotonic() - self._last_flush >= self.flush_seconds
+            self._pending_count and (now or time.monotonic() - self._last_flush >= self.flush_seconds)
         ):
             with self._lock:
                 if self._con is None and self._readers and self._pending_count < 20 * self.flush_rows:
