@@ -221,13 +221,11 @@ class BoundedEnvironment(SandboxedEnvironment):
 
 def _plain_macro(macro: Macro, count: int) -> bool:
     """`count` positional arguments are all `macro` takes: no caller, varargs or kwargs, no
-    autoescaping of its result, not async (Jinja's private fields; the generic call otherwise)."""
+    autoescaping of its result, not async (fields of Jinja 3's Macro, as `Macro.__call__` reads them)."""
     return (
-        getattr(macro, "_argument_count", None) == count
-        and not macro.caller
-        and not macro.catch_kwargs
-        and not macro.catch_varargs
-        and getattr(macro, "_default_autoescape", True) is False
+        macro._argument_count == count
+        and not (macro.caller or macro.catch_kwargs or macro.catch_varargs)
+        and macro._default_autoescape is False
         and not macro._environment.is_async
     )
 

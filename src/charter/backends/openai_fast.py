@@ -286,12 +286,13 @@ class OpenAIFastBackend:
             client = self._client()
         except ValueError as exc:  # an endpoint URL or header the client refuses: no retry can help
             raise BackendError(str(exc), retryable=False) from exc
-        if self._transport != "openai":
+        if self._transport == "openai":
+            if chat:
+                body["messages"] = request.messages
+        else:
             # The body as JSON bytes, the messages' text (encoded once per request) spliced in.
             text = json.dumps(body)
             payload = (with_member(text, "messages", request.messages_json()) if chat else text).encode()
-        elif chat:
-            body["messages"] = request.messages
         started = time.perf_counter()
         try:
             if self._transport == "http":

@@ -883,6 +883,7 @@ class Store:
         spilled to a temporary Parquet file (DuckDB writes it) and streamed from there through an
         in-memory DuckDB, and neither pyarrow nor NumPy is imported (0.14 s).
         """
+        spill: Path | None = None
         with self._lock:
             self.flush()
             # A cursor of its own, closed at once: the writer's connection is left with no result.
@@ -896,21 +897,26 @@ class Store:
                 head = cursor.fetchmany(_IN_MEMORY_ROWS + 1)
             finally:
                 cursor.close()
-        if len(head) <= _IN_MEMORY_ROWS:
+            if len(head) > _IN_MEMORY_ROWS:
+                # Too many to hold: the query again, written to disk by DuckDB (what it costs to
+                # have fetched the head first is small beside a result this large).
+                del head
+                spill = Path(tempfile.mkdtemp(prefix="charter-rows-"))
+                try:
+                    self._connection().sql(sql, params=params or None).write_parquet(
+                        str(spill / "rows.parquet")
+                    )
+                except BaseException:
+                    shutil.rmtree(spill, ignore_errors=True)
+                    raise
+        if spill is None:
             for row in head:
                 yield dict(zip(names, row, strict=True))
             return
-        del head
-        spill = Path(tempfile.mkdtemp(prefix="charter-rows-"))
         try:
-            path = spill / "rows.parquet"
-            with self._lock:
-                self.flush()
-                self._connection().sql(sql, params=params or None).write_parquet(str(path))
             reader = duckdb.connect()
             try:
-                cursor = reader.execute("SELECT * FROM read_parquet(?)", [str(path)])
-                names = [d[0] for d in cursor.description or []]
+                cursor = reader.execute("SELECT * FROM read_parquet(?)", [str(spill / "rows.parquet")])
                 while rows := cursor.fetchmany(batch_size):
                     for row in rows:
                         yield dict(zip(names, row, strict=True))
