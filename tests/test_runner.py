@@ -138,12 +138,26 @@ def test_rpm_spaces_the_requests(cli, server, tmp_path):
     assert later[-1] - later[0] >= 3 * 0.3 - 0.1
 
 
-def test_a_request_encodes_its_messages_once_and_a_copy_with_other_messages_its_own():
+def test_a_request_encodes_its_messages_once_and_a_copy_with_other_messages_its_own(monkeypatch):
     """The messages' JSON is made once per request and spliced into the key, `calls.request` and the
     body: a copy given other messages must not reuse it."""
+    from charter.backends import base
     from charter.backends.base import CompletionRequest
 
+    encoded_lists = []
+
+    class Counting(json.JSONEncoder):
+        def encode(self, o):  # type: ignore[no-untyped-def]
+            if isinstance(o, list):
+                encoded_lists.append(o)
+            return super().encode(o)
+
+    monkeypatch.setattr(base, "_KEY_ENCODER", Counting(sort_keys=True, ensure_ascii=False, default=str))
     request = CompletionRequest(model="openai/m", messages=[{"role": "user", "content": 'Ünï "a"'}])
+    key = request.cache_key()
+    request.log_json()
+    assert request.cache_key() == key
+    assert encoded_lists == [request.messages]  # once, for the key and calls.request alike
     other = request.model_copy(update={"messages": [{"role": "user", "content": "b"}]})
     assert request.cache_key() != other.cache_key()
     assert json.loads(other.log_json())["messages"] == [{"role": "user", "content": "b"}]
