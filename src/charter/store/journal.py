@@ -5,6 +5,11 @@
 replays it into `calls` when it next opens the file and empties it after every successful flush,
 so after a kill -9 only the calls in flight at the kill are asked again (not a second of finished
 ones). A power cut may lose the unsynced tail; that is the same second of calls as before.
+
+A batch the store writes on its writer thread while calls go on has its lines sealed first:
+`DB.journal` is renamed `DB.journal.N` (an atomic rename: every line is in one file or the other at
+any moment) and a new `DB.journal` takes the calls that finish meanwhile. The sealed segment is
+removed once its batch commits; replay reads the sealed segments, oldest first, then `DB.journal`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,25 +67,43 @@ def journal_path(db: Path) -> Path:
     return db.with_name(db.name + ".journal")
 
 
+def sealed_segments(db: Path) -> list[Path]:
+    """The sealed journal segments beside `db` (`DB.journal.N`), oldest first."""
+    head = journal_path(db)
+    pattern = re.compile(re.escape(head.name) + r"\.(\d+)")
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(head.parent):
+            match = pattern.fullmatch(entry.name)
+            if match:
+                found.append((int(match[1]), head.with_name(entry.name)))
+    return [path for _, path in sorted(found)]
+
+
 class Journal:
     """An append-only file of `calls` rows, one JSON object a line."""
 
     def __init__(self, db: Path) -> None:
+        self.db = db
         self.path = journal_path(db)
         self._fd: int | None = None
         self._size = 0
+        self._sealed: list[Path] = []
 
     def replay(self) -> list[dict[str, Any]]:
-        """The rows a previous writer journaled and did not flush (a torn last line is skipped)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
+        """The rows a previous writer journaled and did not flush (a torn last line is skipped):
+        its sealed segments' first, then the open journal's."""
+        self._sealed = sealed_segments(self.db)
         rows = []
-        for line in data.splitlines():
-            row = decode_row(line)
-            if row is not None:  # else cut off by the kill mid-write: that call is asked again
-                rows.append(row)
+        for path in [*self._sealed, self.path]:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            for line in data.splitlines():
+                row = decode_row(line)
+                if row is not None:  # else cut off by the kill mid-write: that call is asked again
+                    rows.append(row)
         return rows
 
     def open(self) -> None:
@@ -100,17 +124,44 @@ class Journal:
             return
         self._size += len(data)
 
+    def seal(self) -> list[Path]:
+        """Seal the lines written so far as a segment of their own and start a new journal; the
+        sealed segments (this one and any left from before), for `drop` once their rows commit."""
+        if self._fd is not None and self._size:
+            number = int(self._sealed[-1].name.rsplit(".", 1)[1]) + 1 if self._sealed else 1
+            sealed = self.path.with_name(f"{self.path.name}.{number}")
+            os.rename(self.path, sealed)
+            self._sealed.append(sealed)
+            os.close(self._fd)
+            self._fd = None
+            # No new journal (a full disk): from here the rows are in memory only, as after a failed
+            # `append`, and the next flush reports the disk.
+            with contextlib.suppress(OSError):
+                self.open()
+        return list(self._sealed)
+
+    def drop(self, segments: list[Path]) -> None:
+        """Remove sealed `segments`: every row in them is committed."""
+        for path in segments:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with contextlib.suppress(ValueError):
+                self._sealed.remove(path)
+
     def clear(self) -> None:
-        """Empty the journal: everything in it is committed to the database."""
+        """Empty the journal: everything in it (and in every sealed segment) is committed."""
+        if self._sealed:
+            self.drop(list(self._sealed))
         if self._fd is not None and self._size:
             os.ftruncate(self._fd, 0)
             self._size = 0
 
     def close(self, *, remove: bool) -> None:
-        """Close; remove the file when everything in it is committed."""
+        """Close; remove the files when everything in them is committed."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         if remove:
+            self.drop(list(self._sealed))
             with contextlib.suppress(OSError):
                 self.path.unlink()

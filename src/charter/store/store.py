@@ -35,7 +35,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,17 @@ class CachedCall:
     call_id: str
     run_id: str
     completion: Completion
+
+
+@dataclass
+class _Batch:
+    """Rows handed to the writer thread: everything buffered at the hand-off, committed together."""
+
+    rows: dict[str, list[dict[str, Any]]]
+    count: int
+    cache: dict[str, CachedCall]  # its calls, answered from here by `cache_get` until they commit
+    segments: list[Path]  # the journal segments holding its calls, removed once it commits
+    done: Future[BaseException | None] = field(default_factory=Future)
 
 
 _LOCK_PID = re.compile(r"held in (?P<proc>.+?) \(PID (?P<pid>\d+)\)")
@@ -382,6 +394,12 @@ class Store:
         self._closing = False
         self._wanted = False  # we wait for the file: new readers wait for us
         self._pinned = False  # someone holds `con` itself: we cannot let go
+        # Mid-run flushes go to one writer thread (DuckDB lets go of the GIL for most of an insert,
+        # so the event loop goes on making calls meanwhile). While a batch is in flight the thread
+        # owns the connection: every other use of it settles the batch first (`_settle`), and the
+        # thread never takes `_lock`, so settling under the lock cannot deadlock.
+        self._writer: ThreadPoolExecutor | None = None
+        self._inflight: _Batch | None = None
         #: Rows the database refused at a flush, as "table: error" (their items are redone on resume).
         self.rejected: list[str] = []
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -449,6 +467,11 @@ class Store:
     def _shutdown(self, *, keep_journal: bool) -> None:
         with self._lock:
             self._closing = True  # a reader finishing now must not reopen the file
+            self._settle()  # a batch that failed here stays in the journal
+            keep_journal = keep_journal or bool(self._pending_count)
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -477,8 +500,10 @@ class Store:
             return self._connection()
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
-        """The open connection, reopened (waiting for readers to finish) after we let go of it."""
+        """The open connection, reopened (waiting for readers to finish) after we let go of it; a
+        batch the writer thread is writing is settled first (the connection is the thread's till then)."""
         with self._cond:
+            self._settle()
             if self._con is not None:
                 return self._con
             self._wanted = True
@@ -616,6 +641,8 @@ class Store:
         """A successful earlier call with this key, from this process's buffer or the file."""
         with self._lock:
             pending = self._pending_cache.get(cache_key)
+            if pending is None and self._inflight is not None:
+                pending = self._inflight.cache.get(cache_key)
             if pending is not None:
                 return pending
             if self._known_keys is None:
@@ -657,30 +684,99 @@ class Store:
 
     def maybe_flush(self, *, now: bool = False) -> None:
         """Flush when enough rows or time have accumulated, or whatever is buffered with `now` (not
-        while a reader has the file)."""
+        while a reader has the file), on the writer thread: the rows commit while the caller goes on.
+
+        A batch the thread could not write is taken back and flushed here, where its error is raised
+        (`flush`'s errors, `flush`'s handling of a row the database refuses).
+        """
+        inflight = self._inflight
+        if inflight is not None and inflight.done.done():
+            with self._lock:
+                if self._settle() is not None:
+                    self.flush()
         if self._pending_count >= self.flush_rows or (
             self._pending_count and (now or time.monotonic() - self._last_flush >= self.flush_seconds)
         ):
             with self._lock:
                 if self._con is None and self._readers and self._pending_count < 20 * self.flush_rows:
                     return  # keep buffering (and journaling) until the reader is done
-                self.flush()
+                if self._inflight is not None and self._pending_count < 4 * self.flush_rows:
+                    return  # the thread is still writing the last batch: this one waits for it
+                if self._pinned or self._inflight is not None or self._con is None:
+                    # Someone holds the connection itself (it cannot be the thread's), or the file
+                    # is to be taken back from a reader, or the thread has fallen far behind.
+                    self.flush()
+                else:
+                    self._hand_off(self._con)
+
+    def _hand_off(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Give everything buffered to the writer thread, which commits it on `con` (ours till then)."""
+        for table in self._pending:
+            self._table_columns(table)  # known before: the thread must not ask the connection
+        try:
+            segments = self._journal.seal() if self._journal is not None else []
+        except OSError:
+            self.flush()  # the journal cannot be split (its directory is read-only now): write here
+            return
+        batch = _Batch(self._pending, self._pending_count, self._pending_cache, segments)
+        self._pending, self._pending_count, self._pending_cache = {}, 0, {}
+        self._inflight = batch
+        self._last_flush = time.monotonic()
+        try:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="charter-store-writer")
+            self._writer.submit(self._write_batch, con, batch)
+        except RuntimeError as exc:  # no new threads (the interpreter is shutting down): write here
+            batch.done.set_result(exc)
+            self._settle()
+            self.flush()
+
+    def _write_batch(self, con: duckdb.DuckDBPyConnection, batch: _Batch) -> None:
+        # On the writer thread: no `_lock`, no `_connection()`. Any failure goes back to `_settle`.
+        try:
+            self._write(con, batch.rows)
+        except BaseException as exc:
+            batch.done.set_result(exc)
+        else:
+            batch.done.set_result(None)
+
+    def _settle(self) -> BaseException | None:
+        """Wait for the batch on the writer thread (with `_lock` held) and account for it: committed,
+        its journal segments go; failed, its rows go back ahead of the newer ones (still journaled),
+        for the next flush to write or to report. Returns the thread's error, if any."""
+        batch = self._inflight
+        if batch is None:
+            return None
+        error = batch.done.result()
+        self._inflight = None
+        if error is None:
+            self._rows_written += batch.count
+            if self._journal is not None:
+                self._journal.drop(batch.segments)
+            return None
+        for table, rows in batch.rows.items():
+            self._pending[table] = rows + self._pending.get(table, [])
+        self._pending_count += batch.count
+        self._pending_cache = {**batch.cache, **self._pending_cache}
+        return error
 
     def flush(self) -> None:
-        """Write every buffered row in one transaction (column inserts; duplicates are ignored).
+        """Write every buffered row in one transaction (column inserts; duplicates are ignored),
+        once the writer thread's batch (if any) is in.
 
         Raises `StoreWriteError` when the file cannot be written; the rows stay buffered (and in the
         journal), so nothing finished is lost and a later flush or the next run writes them.
         """
         with self._lock:
+            self._settle()
             if not self._pending_count:
                 self._last_flush = time.monotonic()
                 return
             self._flush_now()
 
     def _flush_now(self) -> None:
+        con = self._connection()  # settles the writer thread's batch (its rows may come back)
         pending = self._pending
-        con = self._connection()
         try:
             self._write(con, pending)
         except StoreError:
@@ -731,20 +827,20 @@ class Store:
                     fresh = [r for r in rows if not r.get("cached")]
                     again = [r for r in rows if r.get("cached")]
                     if fresh:
-                        self._insert_batch(table, fresh, ignore=False)
+                        self._insert_batch(con, table, fresh, ignore=False)
                     if again:
-                        self._insert_batch(table, again)
+                        self._insert_batch(con, table, again)
                 elif optimistic and table not in self._overlapping:
                     # The other tables' rows are new too, nearly always (a finished item is skipped
                     # on resume): a plain INSERT (half the time of OR IGNORE for a label's
                     # pair_labels and feedback_queries), and OR IGNORE once one is met again.
                     try:
-                        self._insert_batch(table, rows, ignore=False)
+                        self._insert_batch(con, table, rows, ignore=False)
                     except duckdb.ConstraintException:
                         self._overlapping.add(table)
                         raise
                 else:
-                    self._insert_batch(table, rows)
+                    self._insert_batch(con, table, rows)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
@@ -787,7 +883,7 @@ class Store:
         def failure(lo: int, hi: int) -> str | None:
             con.execute("BEGIN")
             try:
-                self._insert_batch(table, rows[lo:hi])
+                self._insert_batch(con, table, rows[lo:hi])
                 return None
             except StoreError:
                 raise
@@ -813,7 +909,7 @@ class Store:
         return sorted(found)
 
     def _table_columns(self, table: str) -> list[str]:
-        if table not in self._columns:
+        if table not in self._columns:  # (never on the writer thread: `_hand_off` asked first)
             cols = (
                 self._connection()
                 .execute(
@@ -835,7 +931,9 @@ class Store:
         """Whether the next batch goes to DuckDB as lists (see `_LIST_ROWS`)."""
         return self._rows_written < _LIST_ROWS and "numpy" not in sys.modules
 
-    def _insert_batch(self, table: str, rows: list[dict[str, Any]], *, ignore: bool = True) -> None:
+    def _insert_batch(
+        self, con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]], *, ignore: bool = True
+    ) -> None:
         """Insert `rows` whole columns at a time; with `ignore`, rows whose key is there are skipped."""
         known = self._table_columns(table)
         present: set[str] = set().union(*(r.keys() for r in rows))
@@ -846,7 +944,6 @@ class Store:
         json_columns = self._json_columns.get(table, set())
         columns = [_column_values(rows, c, c in json_columns) for c in names]
         verb = "OR IGNORE" if ignore else ""
-        con = self._connection()
         if self._as_lists():
             select = ", ".join(f'unnest(${i}) AS "{c}"' for i, c in enumerate(names, start=1))
             con.execute(f"INSERT {verb} INTO {table} BY NAME SELECT {select}", columns)
