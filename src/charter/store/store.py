@@ -12,6 +12,13 @@ rest commits; a full disk is one `StoreWriteError` line, with everything committ
 Finished calls also go to a journal beside the file (`charter.store.journal`) as they finish, so a
 kill -9 loses only the calls in flight.
 
+A run's mid-run flushes (`maybe_flush`) are written by one writer thread while the run goes on
+making calls (DuckDB leaves the GIL for most of an insert). The batch is everything buffered at the
+hand-off, so it is as whole as a flush on the calling thread; until it commits its calls answer
+`cache_get`, its journal lines stay in a sealed segment, and anything else that needs the
+connection waits for it first. A batch the thread cannot write comes back and is flushed on the
+calling thread, with that path's handling of refused rows and full disks.
+
 Watching a live run: DuckDB allows one writer process per file and no reader process meanwhile.
 The writer holds `DB.lock` for its life (a second writer gets "in use by PID N"), but its DuckDB
 connection only until a reader asks for the file (`charter.store.lock`): `open_read_only` asks the
